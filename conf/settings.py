@@ -1,0 +1,199 @@
+"""Typed, frozen settings for every recstream process.
+
+Precedence, highest first:
+    1. keyword arguments to ``Settings(...)`` (tests, embedding code)
+    2. environment variables ``RECS_<SECTION>__<FIELD>`` (e.g. ``RECS_KAFKA__BOOTSTRAP_SERVERS``)
+    3. the TOML file named by ``RECS_CONFIG`` (per-environment or per-phase overrides)
+    4. ``conf/defaults.toml`` (shipped defaults: the embedded local stack on 127.0.0.1)
+
+The environment is read here and only here: every other module receives a ``Settings`` (or one of
+its sections) as a constructor argument. Switching from the embedded stack to a Kafka cluster, an
+Aerospike cluster or a remote Flink cluster is a settings change only, e.g.::
+
+    RECS_KAFKA__BOOTSTRAP_SERVERS=kafka-1:9092,kafka-2:9092 \\
+    RECS_KV__BACKEND=aerospike RECS_AEROSPIKE__HOSTS='["as-1:3000"]' \\
+    RECS_FLINK__JOBMANAGER_HOST=flink-jm recs jobs submit user-embeddings
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONF_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = CONF_DIR.parent
+DEFAULTS_FILE = CONF_DIR / "defaults.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicSettings(_Section):
+    """Topic names; partition counts are per topic (keys: user_id for clicks, item_id otherwise)."""
+
+    clicks: str
+    clicks_dlq: str
+    listings: str
+    listings_dlq: str
+    item_embeddings: str
+    partitions: dict[str, int]
+    replication_factor: int = Field(ge=1)
+
+    def all_names(self) -> list[str]:
+        return [self.clicks, self.clicks_dlq, self.listings, self.listings_dlq, self.item_embeddings]
+
+    def partitions_of(self, topic: str) -> int:
+        return self.partitions.get(topic, 1)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    client_timeout_s: float = Field(gt=0)
+    topics: TopicSettings
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka-style config (confluent-kafka); secrets revealed only here, at the edge."""
+        cfg = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            cfg["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            cfg["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            cfg["sasl.password"] = self.sasl_password.get_secret_value()
+        return cfg
+
+
+class RedisSettings(_Section):
+    host: str
+    port: int = Field(gt=0, lt=65536)
+    db: int = Field(ge=0)
+    password: SecretStr | None = None
+    socket_timeout_s: float = Field(gt=0)
+
+
+class AerospikeSettings(_Section):
+    hosts: list[str]
+    namespace: str
+    set_name: str
+    user: str | None = None
+    password: SecretStr | None = None
+    timeout_ms: int = Field(gt=0)
+
+
+class KVSettings(_Section):
+    backend: Literal["redis", "aerospike"]
+    key_prefix: str
+    user_ttl_s: int = Field(ge=0)
+    embedding_dtype: Literal["float32", "float16"]
+
+
+class FlinkSettings(_Section):
+    """Where jobs are submitted and how the embedded standalone cluster is sized."""
+
+    jobmanager_host: str
+    rest_port: int = Field(gt=0, lt=65536)
+    rpc_port: int = Field(gt=0, lt=65536)
+    taskmanager_slots: int = Field(ge=1)
+    taskmanager_memory: str
+    jobmanager_memory: str
+    parallelism: int = Field(ge=1)
+    python_execution_mode: Literal["process", "thread"]
+    bundle_time_ms: int = Field(ge=1)
+    bundle_size: int = Field(ge=1)
+    checkpoint_interval_ms: int = Field(ge=0)
+    startup_timeout_s: float = Field(gt=0)
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.jobmanager_host}:{self.rest_port}"
+
+
+class ContractSettings(_Section):
+    """Limits the event parser enforces; see recs/contracts.py."""
+
+    max_record_bytes: int = Field(gt=0)
+    max_id_chars: int = Field(gt=0)
+    max_text_chars: int = Field(gt=0)
+    max_attributes: int = Field(ge=0)
+    min_ts_ms: int = Field(ge=0)
+    max_future_skew_ms: int = Field(ge=0)
+
+
+class StackSettings(_Section):
+    """Where `make setup` puts binaries/jars and where `make up` keeps logs and pid files."""
+
+    stack_dir: Path
+    run_dir: Path
+    ready_timeout_s: float = Field(gt=0)
+
+
+class DataSettings(_Section):
+    data_dir: Path
+    seed: int
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECS_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        toml_file=[DEFAULTS_FILE],
+    )
+
+    kafka: KafkaSettings
+    redis: RedisSettings
+    aerospike: AerospikeSettings
+    kv: KVSettings
+    flink: FlinkSettings
+    contracts: ContractSettings
+    stack: StackSettings
+    data: DataSettings
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        # Relative paths are relative to the project root, not to the caller's cwd.
+        for section in (self.stack, self.data):
+            for name, value in section:
+                if isinstance(value, Path) and not value.is_absolute():
+                    object.__setattr__(section, name, PROJECT_ROOT / value)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = [DEFAULTS_FILE]
+        extra = os.environ.get("RECS_CONFIG")
+        if extra:
+            path = Path(extra)
+            if not path.is_file():
+                raise FileNotFoundError(f"RECS_CONFIG={extra} is not a file")
+            files.append(path)
+        # Later TOML files override earlier ones, key by key (deep merge).
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=files, deep_merge=True)
+        return (init_settings, env_settings, toml)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings once, at the edge of a process (CLI, job main, test fixture)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""FAISS index wrapper, gRPC index server and client, item_embeddings feeder."""

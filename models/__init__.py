@@ -1,0 +1,1 @@
+"""Two-tower model: tokenizer, towers, training, evaluation, ONNX export, artifact metadata."""

@@ -1,0 +1,1 @@
+"""recstream shared package: event contracts, the local stack, data generators, KV stores."""

@@ -1,0 +1,1 @@
+"""`recs` subcommands, one module per area, each with register(app)."""

@@ -1,0 +1,1 @@
+"""Flink functions: parsing/validation, keyed state logic, async ONNX towers, sinks."""
