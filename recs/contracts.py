@@ -277,3 +277,51 @@ def json_schema(kind: EventKind, limits: ContractSettings) -> dict[str, Any]:
         "required": [n for n, _k, r in fields if r],
         "additionalProperties": True,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# item_embeddings topic: key = item_id (UTF-8); value = JSON below, or null (tombstone) = removed.
+# The embedding travels as base64 of little-endian float32, so a record is ~1 KB at d = 128 and
+# any consumer (Python, Java, a shell with jq + base64) can read it.
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ItemEmbedding:
+    item_id: str
+    embedding: Any  # numpy.ndarray, shape (d,), float32
+    model_version: str
+    status: str
+    ts: int
+    category: str | None = None
+
+    def encode(self) -> bytes:
+        import base64
+
+        import numpy as np
+
+        vec = np.ascontiguousarray(self.embedding, dtype="<f4")
+        doc = {"item_id": self.item_id, "model_version": self.model_version, "status": self.status,
+               "ts": self.ts, "category": self.category,
+               "emb": base64.b64encode(vec.tobytes()).decode("ascii")}
+        return json.dumps(doc).encode("utf-8")
+
+    @staticmethod
+    def decode(key: bytes | str, value: bytes | None) -> ItemEmbedding | None:
+        """Decode one topic record; None means the item was removed (tombstone)."""
+        import base64
+
+        import numpy as np
+
+        if value is None:
+            return None
+        try:
+            doc = json.loads(value)
+            vec = np.frombuffer(base64.b64decode(doc["emb"]), dtype="<f4")
+            item_id = key.decode("utf-8") if isinstance(key, bytes) else key
+            if doc.get("item_id", item_id) != item_id:
+                raise ContractError("item_id", f"value says {doc['item_id']!r}, key says {item_id!r}")
+            return ItemEmbedding(item_id=item_id, embedding=vec, model_version=str(doc["model_version"]),
+                                 status=str(doc["status"]), ts=int(doc["ts"]), category=doc.get("category"))
+        except ContractError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise ContractError("$", f"bad item_embeddings record: {e}") from None
