@@ -146,6 +146,35 @@ class DataSettings(_Section):
     seed: int
 
 
+class ModelSettings(_Section):
+    """The two-tower model: architecture, training and where artifacts go (models/, docs/model.md).
+
+    Every default is explained in conf/defaults.toml next to its value.
+    """
+
+    artifact_dir: Path
+    checkpoint_dir: Path
+    dim: int = Field(ge=8)
+    max_len: int = Field(ge=1)
+    user_encoder: Literal["mean", "attention"]
+    vocab_size: int = Field(ge=100)
+    max_tokens: int = Field(ge=4)
+    hidden: int = Field(ge=8)
+    heads: int = Field(ge=1)
+    layers: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    temperature: float = Field(gt=0)
+    logq_correction: bool
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    max_train_minutes: float = Field(gt=0)
+    seed: int
+    threads: int = Field(ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECS_",
@@ -163,11 +192,12 @@ class Settings(BaseSettings):
     contracts: ContractSettings
     stack: StackSettings
     data: DataSettings
+    model: ModelSettings
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         # Relative paths are relative to the project root, not to the caller's cwd.
-        for section in (self.stack, self.data):
+        for section in (self.stack, self.data, self.model):
             for name, value in section:
                 if isinstance(value, Path) and not value.is_absolute():
                     object.__setattr__(section, name, PROJECT_ROOT / value)
