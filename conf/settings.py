@@ -175,6 +175,64 @@ class ModelSettings(_Section):
     threads: int = Field(ge=1)
 
 
+class IndexSettings(_Section):
+    """The ANN index service (index/): FAISS kind and knobs, gRPC server limits, snapshots, feeder.
+
+    Every default is explained in conf/defaults.toml next to its value.
+    """
+
+    kind: Literal["Flat", "HNSW", "IVFFlat", "IVFPQ"]
+    dim: int = Field(ge=2)
+    device: Literal["auto", "cpu", "gpu"]
+    omp_threads: int = Field(ge=1)
+    hnsw_m: int = Field(ge=4)
+    ef_construction: int = Field(ge=8)
+    ef_search: int = Field(ge=1)
+    ivf_nlist: int = Field(ge=1)
+    nprobe: int = Field(ge=1)
+    pq_m: int = Field(ge=1)
+    pq_nbits: int = Field(ge=4, le=16)
+    train_min: int = Field(ge=1)
+    write_chunk: int = Field(ge=1)
+    compaction_dead_ratio: float = Field(gt=0, le=1)
+    compaction_min_dead: int = Field(ge=1)
+    model_version: str
+    host: str
+    port: int = Field(ge=0, lt=65536)
+    server_threads: int = Field(ge=1)
+    max_message_bytes: int = Field(gt=1024)
+    max_k: int = Field(ge=1)
+    max_batch: int = Field(ge=1)
+    max_categories: int = Field(ge=1)
+    metrics_port: int = Field(ge=0, lt=65536)
+    snapshot_dir: Path
+    snapshot_interval_s: float = Field(ge=0)
+    replica_id: str
+    feeder_batch: int = Field(ge=1)
+    feeder_poll_ms: int = Field(ge=1)
+    shards: list[list[str]]
+    client_deadline_ms: int = Field(gt=0)
+    client_retries: int = Field(ge=0)
+    client_backoff_ms: int = Field(ge=0)
+
+
+class ServeSettings(_Section):
+    """The backend read path (recs/serving/): HTTP bind address, K, over-fetch, phase.
+
+    The index addresses it calls are ``index.shards`` (one list for every index client).
+    """
+
+    host: str
+    port: int = Field(ge=0, lt=65536)
+    phase: Literal[1, 2, 3]
+    default_k: int = Field(ge=1)
+    max_k: int = Field(ge=1)
+    overfetch: float = Field(ge=1)
+    extra_fetch: int = Field(ge=0)
+    index_deadline_ms: int = Field(gt=0)
+    trending_size: int = Field(ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECS_",
@@ -192,12 +250,14 @@ class Settings(BaseSettings):
     contracts: ContractSettings
     stack: StackSettings
     data: DataSettings
+    index: IndexSettings
+    serve: ServeSettings
     model: ModelSettings
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         # Relative paths are relative to the project root, not to the caller's cwd.
-        for section in (self.stack, self.data, self.model):
+        for section in (self.stack, self.data, self.model, self.index):
             for name, value in section:
                 if isinstance(value, Path) and not value.is_absolute():
                     object.__setattr__(section, name, PROJECT_ROOT / value)
