@@ -1,0 +1,616 @@
+"""ItemIndex: FAISS with string item ids, upsert/delete, filters, tombstones and background compaction.
+
+    idx = ItemIndex(settings.index)
+    idx.upsert(["a", "b"], vecs, categories=["shoes", None], statuses=["active", "active"],
+               model_version="v1")                              # vecs: (n, d) float32
+    idx.search(queries, k=10, filters={"category": ["shoes"]})  # -> [[Hit("a", 0.93), ...], ...]
+    idx.delete(["a"])
+
+Contract
+- Vectors are L2-normalised on the way in; scores are inner products (cosine).
+- A label is a row number. Rows are appended, never rewritten: replacing an id kills its old row
+  (a tombstone) and appends a new one; deleting kills the row. Searches exclude dead rows with an
+  ``IDSelectorBitmap`` (``live & active [& category]``), so deletion works for every kind, HNSW
+  included. Once dead rows pass ``compaction_dead_ratio`` a background thread rebuilds a compact
+  index from the live rows, replays the writes that arrived meanwhile, and swaps it in under the
+  write lock (one pointer assignment).
+- Concurrency: searches hold the read side of a readers-writer lock; a write holds the write side
+  for one chunk of ``write_chunk`` items. An item's replacement (kill old row, add new row) happens
+  inside one chunk, so a search sees the old vector or the new one, never both or neither. A
+  rebuild never holds the write lock except for the final swap.
+- Determinism: HNSW levels are derived from the label (not from FAISS's RNG) and HNSW rows are
+  inserted one at a time, so two replicas that apply the same records in the same order build the
+  same graph however the records were batched. That is what makes snapshot + replay answer exactly
+  like a replica that never stopped (ARCHITECTURE.md invariant 4).
+- IVF kinds need training: until ``train_min`` vectors exist they serve from an exact Flat index,
+  then a rebuild trains the IVF and swaps it in.
+- GPU: with ``device = auto|gpu`` and a visible GPU, Flat/IVF kinds move to the GPU; GPU FAISS takes
+  no IDSelector, so filters are applied after the search with a growing over-fetch instead.
+- Errors: ``InvalidRequest`` (bad dimension, NaN, k out of range, unknown filter) and
+  ``ModelVersionMismatch``; both carry a message meant for the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+
+from conf.settings import IndexSettings
+from index.rwlock import RWLock
+
+log = logging.getLogger(__name__)
+
+FILTER_FIELDS = ("category", "status")
+STATUSES = ("active", "inactive")
+
+
+class InvalidRequest(ValueError):
+    """A request the index refuses; the message says why (it is sent back to gRPC callers)."""
+
+
+class ModelVersionMismatch(Exception):
+    """A vector of one model version met an index of another (invariant 1: never compared)."""
+
+    def __init__(self, expected: str, got: str) -> None:
+        super().__init__(f"index holds model_version {expected!r}, request has {got!r}")
+        self.expected = expected
+        self.got = got
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    item_id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Parsed filters: category codes (None = any) and which statuses to return."""
+
+    categories: frozenset[int] | None = None
+    active: bool = True
+    inactive: bool = False
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.categories, self.active, self.inactive)
+
+
+@dataclass
+class _State:
+    """Everything a search reads. Replaced as a whole by a rebuild, mutated in place by writes."""
+
+    index: Any                       # a faiss.Index; labels 0..n-1 are rows
+    built_as: str                    # the FAISS structure: "Flat" while an IVF kind is untrained
+    vecs: np.ndarray                 # (cap, d) float32, normalised
+    cat: np.ndarray                  # (cap,) int32 category code, -1 = none
+    active: np.ndarray               # (cap,) bool
+    live: np.ndarray                 # (cap,) bool: False = tombstone
+    bits: np.ndarray                 # (cap/8,) uint8 bitmap of live & active (IDSelectorBitmap)
+    ids: list[str] = field(default_factory=list)
+    label_of: dict[str, int] = field(default_factory=dict)
+    n: int = 0
+    dead: int = 0
+    selectable: int = 0              # rows that are live and active
+    version: int = 0                 # bumped by every write chunk (filter bitmap cache key)
+
+
+class ItemIndex:
+    def __init__(self, settings: IndexSettings, *, use_gpu: bool | None = None) -> None:
+        self.settings = settings
+        self.dim = settings.dim
+        self.model_version: str = settings.model_version
+        faiss.omp_set_num_threads(settings.omp_threads)
+        if use_gpu is None:
+            use_gpu = settings.device == "gpu" or (
+                settings.device == "auto" and hasattr(faiss, "StandardGpuResources")
+                and faiss.get_num_gpus() > 0)
+        if settings.device == "gpu" and not (hasattr(faiss, "StandardGpuResources")
+                                             and faiss.get_num_gpus() > 0):
+            raise RuntimeError("index.device = gpu but faiss sees no GPU (faiss-gpu installed?)")
+        self._gpu_res = faiss.StandardGpuResources() if use_gpu else None
+        self._lock = RWLock()
+        self._categories: dict[str, int] = {}
+        self._category_names: list[str] = []
+        self._pending: list[tuple[Any, ...]] | None = None   # writes during a rebuild
+        self._compactor: threading.Thread | None = None
+        self._filter_cache: dict[tuple[Any, ...], tuple[int, np.ndarray]] = {}
+        self.compactions = 0
+        self.last_compaction_s = 0.0
+        self._st = self._empty_state()
+
+    # ------------------------------------------------------------------------------- building
+    def _new_faiss(self, kind: str, n_train: int) -> tuple[Any, str]:
+        s, d = self.settings, self.dim
+        if kind == "HNSW":
+            ix = faiss.IndexHNSWFlat(d, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            ix.hnsw.efConstruction = s.ef_construction
+            ix.hnsw.efSearch = s.ef_search
+            return ix, "HNSW"
+        if kind in ("IVFFlat", "IVFPQ") and n_train >= s.train_min:
+            nlist = max(1, min(s.ivf_nlist, n_train // 39))
+            quantizer = faiss.IndexFlatIP(d)
+            if kind == "IVFFlat":
+                ix = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            else:
+                ix = faiss.IndexIVFPQ(quantizer, d, nlist, s.pq_m, s.pq_nbits,
+                                      faiss.METRIC_INNER_PRODUCT)
+            ix.nprobe = s.nprobe
+            return ix, kind
+        return faiss.IndexFlatIP(d), "Flat"
+
+    def _empty_state(self, cap: int = 1024) -> _State:
+        ix, built = self._new_faiss(self.settings.kind, 0)
+        return _State(index=self._to_device(ix, built), built_as=built,
+                      vecs=np.zeros((cap, self.dim), np.float32), cat=np.full(cap, -1, np.int32),
+                      active=np.zeros(cap, bool), live=np.zeros(cap, bool),
+                      bits=np.zeros(cap // 8 + 1, np.uint8))
+
+    def _to_device(self, ix: Any, built: str) -> Any:
+        if self._gpu_res is None or built == "HNSW":
+            return ix
+        return faiss.index_cpu_to_gpu(self._gpu_res, 0, ix)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._gpu_res is not None and self._st.built_as != "HNSW"
+
+    def _hnsw_levels(self, labels: np.ndarray) -> np.ndarray:
+        """FAISS-style geometric levels (stored as level + 1), a pure function of the label."""
+        z = labels.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        with np.errstate(over="ignore"):
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+        u = ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+        m_l = 1.0 / math.log(self.settings.hnsw_m)
+        return (np.floor(-np.log(u) * m_l).astype(np.int32) + 1).clip(1, 16)
+
+    def _faiss_add(self, st: _State, vecs: np.ndarray, first_label: int, *, bulk: bool) -> None:
+        if st.built_as != "HNSW":
+            st.index.add(vecs)
+            return
+        levels = self._hnsw_levels(np.arange(first_label, first_label + len(vecs)))
+        hnsw = st.index.hnsw
+        if bulk:   # a rebuild: one batch (OpenMP), levels preset so they stay label-determined
+            for lv in levels:
+                hnsw.levels.push_back(int(lv))
+            st.index.add(vecs)
+            return
+        for i, lv in enumerate(levels):  # one at a time: the graph does not depend on batching
+            hnsw.levels.push_back(int(lv))
+            st.index.add(vecs[i:i + 1])
+
+    def _build_state(self, ids: list[str], vecs: np.ndarray, cat: np.ndarray,
+                     active: np.ndarray) -> _State:
+        n = len(ids)
+        ix, built = self._new_faiss(self.settings.kind, n)
+        if built in ("IVFFlat", "IVFPQ"):
+            rng = np.random.default_rng(0)
+            sample = vecs if n <= 256 * ix.nlist else vecs[rng.choice(n, 256 * ix.nlist, replace=False)]
+            ix.train(sample)
+        cap = max(1024, int(n * 1.25))
+        st = _State(index=ix, built_as=built, vecs=np.zeros((cap, self.dim), np.float32),
+                    cat=np.full(cap, -1, np.int32), active=np.zeros(cap, bool),
+                    live=np.zeros(cap, bool), bits=np.zeros(cap // 8 + 1, np.uint8))
+        st.vecs[:n] = vecs
+        st.cat[:n] = cat
+        st.active[:n] = active
+        st.live[:n] = True
+        st.ids = list(ids)
+        st.label_of = {item: i for i, item in enumerate(ids)}
+        st.n = n
+        st.selectable = int(active.sum())
+        st.bits[: (n + 7) // 8] = np.packbits(st.active[:n], bitorder="little")
+        if n:
+            self._faiss_add(st, vecs, 0, bulk=True)
+        st.index = self._to_device(st.index, built)
+        return st
+
+    # --------------------------------------------------------------------------------- writes
+    def _check_vectors(self, vectors: Any, what: str) -> np.ndarray:
+        try:
+            x = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InvalidRequest(f"{what}: not numeric ({e})") from None
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise InvalidRequest(f"{what}: expected dimension {self.dim}, got shape {tuple(x.shape)}")
+        if not np.isfinite(x).all():
+            raise InvalidRequest(f"{what}: contains NaN or infinity")
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise InvalidRequest(f"{what}: contains an all-zero vector (no direction to compare)")
+        return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+    def _check_version(self, model_version: str | None) -> None:
+        if not model_version:
+            return
+        if not self.model_version:
+            self.model_version = model_version
+            log.info("index model_version set to %s by the first record", model_version)
+        elif model_version != self.model_version:
+            raise ModelVersionMismatch(self.model_version, model_version)
+
+    def _category_code(self, name: str | None) -> int:
+        if not name:
+            return -1
+        code = self._categories.get(name)
+        if code is None:
+            code = self._categories[name] = len(self._category_names)
+            self._category_names.append(name)
+        return code
+
+    def upsert(self, ids: Sequence[str], vectors: Any, categories: Sequence[str | None] | None = None,
+               statuses: Sequence[str] | None = None, model_version: str | None = None) -> int:
+        """Insert or replace items; returns the number applied. Later duplicates in a batch win."""
+        ids = list(ids)
+        x = self._check_vectors(vectors, "vectors") if ids else np.zeros((0, self.dim), np.float32)
+        if len(x) != len(ids):
+            raise InvalidRequest(f"{len(ids)} ids but {len(x)} vectors")
+        for name, seq in (("categories", categories), ("statuses", statuses)):
+            if seq is not None and len(seq) != len(ids):
+                raise InvalidRequest(f"{len(ids)} ids but {len(seq)} {name}")
+        if any(not isinstance(i, str) or not i for i in ids):
+            raise InvalidRequest("item ids must be non-empty strings")
+        if statuses is not None and any(s not in STATUSES for s in statuses):
+            raise InvalidRequest(f"status must be one of {list(STATUSES)}")
+        self._check_version(model_version)
+        if not ids:
+            return 0
+        last = {item: i for i, item in enumerate(ids)}           # dedupe: the last one wins
+        keep = np.fromiter(sorted(last.values()), dtype=np.int64)
+        ids = [ids[i] for i in keep]
+        x = x[keep]
+        cats = np.array([self._category_code(categories[i]) if categories else -1 for i in keep],
+                        dtype=np.int32)
+        act = np.array([statuses[i] == "active" if statuses else True for i in keep], dtype=bool)
+        step = self.settings.write_chunk
+        for a in range(0, len(ids), step):
+            op = ("u", ids[a:a + step], x[a:a + step], cats[a:a + step], act[a:a + step])
+            with self._lock.write():
+                self._apply(self._st, op)
+                if self._pending is not None:
+                    self._pending.append(op)
+        self._maybe_compact()
+        return len(ids)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove items; unknown ids are ignored. Returns how many were present."""
+        ids = list(ids)
+        if any(not isinstance(i, str) or not i for i in ids):
+            raise InvalidRequest("item ids must be non-empty strings")
+        removed = 0
+        step = self.settings.write_chunk * 8    # a delete is cheap: a bit flip per id
+        for a in range(0, len(ids), step):
+            op = ("d", ids[a:a + step])
+            with self._lock.write():
+                removed += self._apply(self._st, op)
+                if self._pending is not None:
+                    self._pending.append(op)
+        self._maybe_compact()
+        return removed
+
+    def _apply(self, st: _State, op: tuple[Any, ...]) -> int:
+        if op[0] == "d":
+            n = 0
+            for item in op[1]:
+                label = st.label_of.pop(item, None)
+                if label is not None:
+                    self._kill(st, label)
+                    n += 1
+            st.version += 1
+            return n
+        _, ids, x, cats, act = op
+        for item in ids:
+            label = st.label_of.get(item)
+            if label is not None:
+                self._kill(st, label)
+        m, n0 = len(ids), st.n
+        if n0 + m > len(st.live):
+            self._grow(st, n0 + m)
+        rows = slice(n0, n0 + m)
+        st.vecs[rows] = x
+        st.cat[rows] = cats
+        st.active[rows] = act
+        st.live[rows] = True
+        self._faiss_add(st, x, n0, bulk=False)
+        st.ids.extend(ids)
+        for i, item in enumerate(ids):
+            st.label_of[item] = n0 + i
+        labels = np.arange(n0, n0 + m)[act]
+        np.bitwise_or.at(st.bits, labels >> 3, (1 << (labels & 7)).astype(np.uint8))
+        st.selectable += int(act.sum())
+        st.n = n0 + m
+        st.version += 1
+        return m
+
+    @staticmethod
+    def _kill(st: _State, label: int) -> None:
+        st.live[label] = False
+        st.dead += 1
+        if st.active[label]:
+            st.selectable -= 1
+            st.bits[label >> 3] &= np.uint8(~(1 << (label & 7)) & 0xFF)
+
+    @staticmethod
+    def _grow(st: _State, need: int) -> None:
+        cap = max(need, 2 * len(st.live))
+        st.vecs = np.concatenate([st.vecs, np.zeros((cap - len(st.vecs), st.vecs.shape[1]), np.float32)])
+        st.cat = np.concatenate([st.cat, np.full(cap - len(st.cat), -1, np.int32)])
+        st.active = np.concatenate([st.active, np.zeros(cap - len(st.active), bool)])
+        st.live = np.concatenate([st.live, np.zeros(cap - len(st.live), bool)])
+        st.bits = np.concatenate([st.bits, np.zeros(cap // 8 + 1 - len(st.bits), np.uint8)])
+
+    # ----------------------------------------------------------------------------- compaction
+    def _needs_rebuild(self, st: _State) -> bool:
+        s = self.settings
+        if st.dead >= max(s.compaction_min_dead, s.compaction_dead_ratio * st.n):
+            return True
+        return (s.kind in ("IVFFlat", "IVFPQ") and st.built_as == "Flat"
+                and st.n - st.dead >= s.train_min)
+
+    def _maybe_compact(self) -> None:
+        if self._compactor is None and self._needs_rebuild(self._st):
+            self.compact(wait=False)
+
+    def compact(self, wait: bool = True) -> None:
+        """Rebuild from the live rows in a background thread and swap it in; ``wait`` joins it."""
+        with self._lock.write():
+            if self._compactor is None:
+                self._compactor = threading.Thread(target=self._compact, name="index-compaction",
+                                                   daemon=True)
+                self._compactor.start()
+            t = self._compactor
+        if wait:
+            t.join()
+
+    def wait_compaction(self, timeout: float | None = None) -> None:
+        t = self._compactor
+        if t is not None:
+            t.join(timeout)
+
+    @property
+    def compacting(self) -> bool:
+        return self._compactor is not None
+
+    def _compact(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            with self._lock.read():     # a consistent copy; writers wait, searches go on
+                st = self._st
+                rows = np.flatnonzero(st.live[: st.n])
+                ids = [st.ids[r] for r in rows]
+                vecs, cat, act = st.vecs[rows], st.cat[rows], st.active[rows]
+                self._pending = []      # safe: no writer can run while we hold the read side
+            new = self._build_state(ids, vecs, cat, act)          # the slow part, no lock held
+            while True:
+                with self._lock.write():
+                    ops, self._pending = self._pending, []
+                    if len(ops) <= 4:
+                        for op in ops:
+                            self._apply(new, op)
+                        self._st = new                             # the swap
+                        self._pending = None
+                        self._filter_cache.clear()
+                        break
+                for op in ops:                                     # catch up outside the lock
+                    self._apply(new, op)
+            self.compactions += 1
+            self.last_compaction_s = time.perf_counter() - t0
+            log.info("index rebuilt as %s: %d live rows (%d dead dropped) in %.2f s",
+                     new.built_as, len(ids), st.dead, self.last_compaction_s)
+        except Exception:
+            log.exception("index compaction failed; serving the old index")
+            with self._lock.write():
+                self._pending = None
+        finally:
+            self._compactor = None
+        if self._needs_rebuild(self._st):
+            self._maybe_compact()
+
+    # ------------------------------------------------------------------------------- searches
+    def parse_filters(self, filters: Mapping[str, Collection[str]] | None) -> Filter:
+        """``{"category": [...], "status": ["active"|"inactive"]}``; default: active, any category."""
+        if not filters:
+            return Filter()
+        unknown = set(filters) - set(FILTER_FIELDS)
+        if unknown:
+            raise InvalidRequest(f"unknown filter field(s) {sorted(unknown)}; known: {list(FILTER_FIELDS)}")
+        cats: frozenset[int] | None = None
+        if "category" in filters:
+            values = list(filters["category"])
+            if not values or len(values) > self.settings.max_categories:
+                raise InvalidRequest(f"category filter needs 1..{self.settings.max_categories} values")
+            if any(not isinstance(v, str) or not v for v in values):
+                raise InvalidRequest("category filter values must be non-empty strings")
+            cats = frozenset(self._categories.get(v, -2) for v in values)  # unseen: matches nothing
+        active, inactive = True, False
+        if "status" in filters:
+            statuses = set(filters["status"])
+            if not statuses or statuses - set(STATUSES):
+                raise InvalidRequest(f"status filter values must be among {list(STATUSES)}")
+            active, inactive = "active" in statuses, "inactive" in statuses
+        return Filter(cats, active, inactive)
+
+    def _mask(self, st: _State, f: Filter) -> np.ndarray:
+        n = st.n
+        m = st.live[:n].copy()
+        if not (f.active and f.inactive):
+            m &= st.active[:n] if f.active else ~st.active[:n]
+        if f.categories is not None:
+            m &= np.isin(st.cat[:n], np.fromiter(f.categories, np.int32))
+        return m
+
+    def _bitmap(self, st: _State, f: Filter) -> np.ndarray | None:
+        """The IDSelectorBitmap bytes for a filter, or None when every row qualifies."""
+        if f == Filter():
+            return None if st.selectable == st.n else st.bits
+        hit = self._filter_cache.get(f.key)
+        if hit is not None and hit[0] == st.version:
+            return hit[1]
+        bits = np.packbits(self._mask(st, f), bitorder="little")
+        if len(self._filter_cache) > 256:
+            self._filter_cache.clear()
+        self._filter_cache[f.key] = (st.version, bits)
+        return bits
+
+    def _params(self, st: _State, bits: np.ndarray | None, k: int, knobs: Mapping[str, int]) -> Any:
+        sel = None if bits is None else faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        params = self._params_for(st, sel, k, knobs)
+        if params is not None:
+            params.keep_alive = (sel, bits)    # the C++ side holds raw pointers to both
+        return params
+
+    def _params_for(self, st: _State, sel: Any, k: int, knobs: Mapping[str, int]) -> Any:
+        if st.built_as == "HNSW":
+            ef = max(int(knobs.get("ef_search", self.settings.ef_search)), k)
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if sel else \
+                faiss.SearchParametersHNSW(efSearch=ef)
+        if st.built_as in ("IVFFlat", "IVFPQ"):
+            nprobe = int(knobs.get("nprobe", self.settings.nprobe))
+            return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel else \
+                faiss.SearchParametersIVF(nprobe=nprobe)
+        return faiss.SearchParameters(sel=sel) if sel else None
+
+    def check_k(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.settings.max_k:
+            raise InvalidRequest(f"k must be an integer in 1..{self.settings.max_k}, got {k!r}")
+        return int(k)
+
+    def search(self, queries: Any, k: int, filters: Mapping[str, Collection[str]] | None = None,
+               model_version: str | None = None, **knobs: int) -> list[list[Hit]]:
+        """Top-k live items per query, best first; fewer than k when fewer qualify.
+
+        ``knobs``: ``ef_search`` (HNSW) or ``nprobe`` (IVF) for this call only.
+        """
+        k = self.check_k(k)
+        q = self._check_vectors(queries, "queries")
+        f = self.parse_filters(filters)
+        if model_version and self.model_version and model_version != self.model_version:
+            raise ModelVersionMismatch(self.model_version, model_version)
+        with self._lock.read():
+            st = self._st
+            if st.n == 0:
+                return [[] for _ in range(len(q))]
+            if self.on_gpu:
+                return self._search_post_filter(st, q, k, f)
+            bits = self._bitmap(st, f)
+            params = self._params(st, bits, k, knobs)   # holds the selector, which holds bits
+            scores, labels = st.index.search(q, k, params=params)
+            del params
+            ids = st.ids
+        return [[Hit(ids[lab], float(s)) for lab, s in zip(row_l, row_s, strict=True) if lab >= 0]
+                for row_l, row_s in zip(labels, scores, strict=True)]
+
+    def _search_post_filter(self, st: _State, q: np.ndarray, k: int, f: Filter) -> list[list[Hit]]:
+        """GPU FAISS takes no IDSelector: over-fetch, drop excluded rows, widen until k remain."""
+        mask = self._mask(st, f)
+        out: list[list[Hit]] = []
+        for row in q:
+            fetch = min(st.n, 2 * k + 16)
+            while True:
+                scores, labels = st.index.search(row[None, :], min(fetch, 2048))
+                keep = [(lab, s) for lab, s in zip(labels[0], scores[0], strict=True)
+                        if lab >= 0 and mask[lab]]
+                if len(keep) >= k or fetch >= min(st.n, 2048):
+                    break
+                fetch *= 4
+            out.append([Hit(st.ids[lab], float(s)) for lab, s in keep[:k]])
+        return out
+
+    def lookup(self, ids: Sequence[str]) -> list[bool]:
+        """For each id: is it in the index, live and active (i.e. may it be recommended)?"""
+        with self._lock.read():
+            st = self._st
+            out = []
+            for item in ids:
+                label = st.label_of.get(item)
+                out.append(label is not None and bool(st.active[label]))
+            return out
+
+    def vector(self, item_id: str) -> np.ndarray | None:
+        with self._lock.read():
+            label = self._st.label_of.get(item_id)
+            return None if label is None else self._st.vecs[label].copy()
+
+    def __len__(self) -> int:
+        return len(self._st.label_of)
+
+    def stats(self) -> dict[str, Any]:
+        st = self._st
+        return {"kind": self.settings.kind, "built_as": st.built_as, "dim": self.dim,
+                "live": len(st.label_of), "rows": st.n, "tombstones": st.dead,
+                "active": st.selectable, "model_version": self.model_version,
+                "compacting": self.compacting, "compactions": self.compactions,
+                "last_compaction_s": round(self.last_compaction_s, 3), "gpu": self.on_gpu,
+                "vector_bytes": st.n * self.dim * 4}
+
+    # ------------------------------------------------------------------- snapshot (state I/O)
+    def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], list[str], Any]:
+        """(meta, arrays, ids, cpu faiss index) of a consistent point; call under ``reading()``."""
+        st = self._st
+        n = st.n
+        ix = st.index
+        if self._gpu_res is not None and st.built_as != "HNSW":
+            ix = faiss.index_gpu_to_cpu(ix)
+        meta = {"kind": self.settings.kind, "built_as": st.built_as, "dim": self.dim, "rows": n,
+                "dead": st.dead, "model_version": self.model_version,
+                "categories": list(self._category_names)}
+        arrays = {"vecs": st.vecs[:n], "cat": st.cat[:n], "active": st.active[:n],
+                  "live": st.live[:n]}
+        return meta, arrays, st.ids[:n], ix
+
+    def reading(self) -> Any:
+        """The read side of the lock: a consistent view for snapshots (writers wait)."""
+        return self._lock.read()
+
+    @classmethod
+    def from_state(cls, settings: IndexSettings, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                   ids: list[str], faiss_index: Any | None) -> ItemIndex:
+        self = cls(settings)
+        if meta["dim"] != self.dim:
+            raise ValueError(f"snapshot has dimension {meta['dim']}, settings say {self.dim}")
+        self.model_version = meta["model_version"] or settings.model_version
+        snap_version = meta["model_version"]
+        if settings.model_version and snap_version and snap_version != settings.model_version:
+            raise ValueError(f"snapshot is model_version {meta['model_version']!r}, "
+                             f"settings say {settings.model_version!r}")
+        self._category_names = list(meta["categories"])
+        self._categories = {c: i for i, c in enumerate(self._category_names)}
+        n = int(meta["rows"])
+        live = np.asarray(arrays["live"], bool)
+        if faiss_index is None or meta["kind"] != settings.kind or faiss_index.ntotal != n:
+            rows = np.flatnonzero(live)          # different kind or no index file: rebuild
+            self._st = self._build_state([ids[r] for r in rows], arrays["vecs"][rows],
+                                         arrays["cat"][rows], arrays["active"][rows])
+            return self
+        cap = max(1024, int(n * 1.25))
+        st = _State(index=self._to_device(faiss_index, meta["built_as"]), built_as=meta["built_as"],
+                    vecs=np.zeros((cap, self.dim), np.float32), cat=np.full(cap, -1, np.int32),
+                    active=np.zeros(cap, bool), live=np.zeros(cap, bool),
+                    bits=np.zeros(cap // 8 + 1, np.uint8))
+        st.vecs[:n] = arrays["vecs"]
+        st.cat[:n] = arrays["cat"]
+        st.active[:n] = arrays["active"]
+        st.live[:n] = live
+        st.ids = list(ids)
+        st.label_of = {ids[r]: int(r) for r in np.flatnonzero(live)}
+        st.n = n
+        st.dead = int(meta["dead"])
+        sel = live & st.active[:n]
+        st.selectable = int(sel.sum())
+        st.bits[: (n + 7) // 8] = np.packbits(sel, bitorder="little")
+        if st.built_as == "HNSW":
+            st.index.hnsw.efSearch = settings.ef_search
+        self._st = st
+        return self

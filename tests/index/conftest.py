@@ -1,0 +1,43 @@
+"""Index fixtures: small settings factories (fast), and a real gRPC server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conf import load_settings
+from conf.settings import IndexSettings
+
+
+@pytest.fixture(scope="session")
+def base_index_settings() -> IndexSettings:
+    return load_settings().index
+
+
+@pytest.fixture
+def make_index_settings(base_index_settings: IndexSettings, tmp_path) -> Callable[..., IndexSettings]:
+    """Small, fast settings: d = 16, tiny IVF, compaction after 20 dead rows."""
+
+    def make(**over: Any) -> IndexSettings:
+        cfg: dict[str, Any] = dict(dim=16, hnsw_m=8, ef_construction=32, ef_search=32, ivf_nlist=8,
+                                   nprobe=8, pq_m=8, pq_nbits=4, train_min=200, write_chunk=8,
+                                   compaction_min_dead=20, compaction_dead_ratio=0.2,
+                                   snapshot_dir=tmp_path / "snapshots", model_version="",
+                                   port=0, metrics_port=0)
+        cfg.update(over)
+        return base_index_settings.model_copy(update=cfg)
+
+    return make
+
+
+def unit_vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(name="unit_vectors")
+def _unit_vectors() -> Callable[..., np.ndarray]:
+    return unit_vectors

@@ -1,0 +1,161 @@
+"""ItemIndex: every kind upserts, replaces, deletes and filters; bad input is refused; concurrent
+searches never see half-applied writes, also across a background rebuild."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from index.ann import InvalidRequest, ItemIndex, ModelVersionMismatch
+
+KINDS = ["Flat", "HNSW", "IVFFlat", "IVFPQ"]
+
+
+def top_ids(index: ItemIndex, q: np.ndarray, k: int, **kw) -> list[list[str]]:
+    return [[h.item_id for h in row] for row in index.search(q, k, **kw)]
+
+
+@pytest.fixture(params=KINDS)
+def loaded(request, make_index_settings, unit_vectors):
+    """An index of each kind with 400 items (trained for IVF), categories c0..c3."""
+    idx = ItemIndex(make_index_settings(kind=request.param))
+    x = unit_vectors(400)
+    idx.upsert([f"i{i}" for i in range(400)], x, categories=[f"c{i % 4}" for i in range(400)],
+               model_version="v1")
+    idx.wait_compaction()
+    return idx, x
+
+
+def test_every_kind_finds_itself_and_is_trained(loaded):
+    idx, x = loaded
+    assert idx.stats()["built_as"] == idx.settings.kind
+    found = [row[0] for row in top_ids(idx, x[:20], 1)]
+    hits = sum(f == f"i{i}" for i, f in enumerate(found))
+    assert hits >= (14 if idx.settings.kind == "IVFPQ" else 20)   # PQ is lossy by design
+
+
+def test_replace_moves_the_item_and_delete_removes_it(loaded, unit_vectors):
+    idx, x = loaded
+    new = unit_vectors(1, seed=99)
+    idx.upsert(["i5"], new, categories=["c1"])
+    assert top_ids(idx, new, 1) == [["i5"]]
+    assert top_ids(idx, x[5:6], 1) != [["i5"]]            # the old vector is gone
+    assert top_ids(idx, x[5:6], 20)[0].count("i5") <= 1
+    assert idx.delete(["i5", "nope"]) == 1
+    assert "i5" not in top_ids(idx, new, 10)[0]
+    assert idx.lookup(["i5", "i6"]) == [False, True]
+    assert len(idx) == 399 and idx.stats()["tombstones"] == 2
+
+
+def test_filters_category_and_status(loaded):
+    idx, x = loaded
+    rows = idx.search(x[:5], 10, filters={"category": ["c2"]})
+    assert all(h.item_id in {f"i{i}" for i in range(2, 400, 4)} for row in rows for h in row)
+    assert top_ids(idx, x[2:3], 1, filters={"category": ["c2"]}) == [["i2"]]
+    assert top_ids(idx, x[:1], 5, filters={"category": ["never-seen"]}) == [[]]
+    idx.upsert(["i7"], x[7:8], categories=["c3"], statuses=["inactive"])
+    assert "i7" not in top_ids(idx, x[7:8], 5)[0]
+    assert top_ids(idx, x[7:8], 1, filters={"status": ["inactive"]}) == [["i7"]]
+    assert idx.lookup(["i7"]) == [False]
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda i, x: i.search(x[:1, :8], 5), "dimension 16"),
+    (lambda i, x: i.search(np.full((1, 16), np.nan), 5), "NaN"),
+    (lambda i, x: i.search(x[:1], 0), "k must be"),
+    (lambda i, x: i.search(x[:1], 10**6), "k must be"),
+    (lambda i, x: i.search(x[:1], 5, filters={"colour": ["red"]}), "unknown filter"),
+    (lambda i, x: i.search(x[:1], 5, filters={"status": ["gone"]}), "status filter"),
+    (lambda i, x: i.search(np.zeros((1, 16)), 5), "all-zero"),
+    (lambda i, x: i.upsert(["a", "b"], x[:1]), "2 ids but 1 vectors"),
+    (lambda i, x: i.upsert([""], x[:1]), "non-empty"),
+    (lambda i, x: i.upsert(["a"], [["x"] * 16]), "not numeric"),
+])
+def test_bad_requests_are_refused_with_a_reason(make_index_settings, unit_vectors, call, match):
+    idx = ItemIndex(make_index_settings(kind="Flat"))
+    x = unit_vectors(4)
+    idx.upsert(list("abcd"), x)
+    with pytest.raises(InvalidRequest, match=match):
+        call(idx, x)
+    assert top_ids(idx, x[:1], 1) == [["a"]]    # still serving
+
+
+def test_model_versions_never_mix(make_index_settings, unit_vectors):
+    """Invariant 1: a vector of another model version is never compared with the index."""
+    idx = ItemIndex(make_index_settings(kind="Flat"))
+    x = unit_vectors(3)
+    idx.upsert(["a", "b", "c"], x, model_version="v1")
+    with pytest.raises(ModelVersionMismatch, match="'v1'.*'v2'"):
+        idx.search(x[:1], 2, model_version="v2")
+    with pytest.raises(ModelVersionMismatch):
+        idx.upsert(["d"], x[:1], model_version="v2")
+    assert len(idx) == 3
+    assert top_ids(idx, x[:1], 1, model_version="v1") == [["a"]]
+
+
+def test_compaction_drops_tombstones_and_keeps_answers(make_index_settings, unit_vectors):
+    idx = ItemIndex(make_index_settings(kind="HNSW"))
+    x = unit_vectors(300)
+    ids = [f"i{i}" for i in range(300)]
+    idx.upsert(ids, x)
+    idx.delete(ids[:100])                     # 100 dead of 300 > 20 %: a rebuild starts
+    idx.wait_compaction()
+    st = idx.stats()
+    assert st["compactions"] >= 1 and st["tombstones"] == 0 and st["live"] == 200
+    assert top_ids(idx, x[150:151], 1) == [["i150"]]
+    assert not set(top_ids(idx, x[:100], 10)[0]) & set(ids[:100])
+
+
+def test_same_records_in_any_batching_build_the_same_hnsw(make_index_settings, unit_vectors):
+    """The basis of invariant 4: graph shape depends on records and order, not on batch sizes."""
+    x = unit_vectors(500, seed=3)
+    ids = [f"i{i}" for i in range(500)]
+    a = ItemIndex(make_index_settings(kind="HNSW", compaction_min_dead=10**6))
+    b = ItemIndex(make_index_settings(kind="HNSW", compaction_min_dead=10**6, write_chunk=3))
+    a.upsert(ids, x)
+    for s in range(0, 500, 37):
+        b.upsert(ids[s:s + 37], x[s:s + 37])
+    q = unit_vectors(50, seed=4)
+    assert a.search(q, 10, ef_search=10) == b.search(q, 10, ef_search=10)
+
+
+@pytest.mark.parametrize("kind", ["Flat", "HNSW"])
+def test_search_never_sees_half_applied_writes(make_index_settings, unit_vectors, kind):
+    """Every item is replaced over and over (and the index rebuilt meanwhile): a search for all
+    items must always return each id exactly once, never both versions and never neither."""
+    n = 120
+    idx = ItemIndex(make_index_settings(kind=kind, compaction_min_dead=60, ef_search=400))
+    ids = [f"i{i}" for i in range(n)]
+    idx.upsert(ids, unit_vectors(n, seed=0))
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer() -> None:
+        seed = 1
+        while not stop.is_set():
+            idx.upsert(ids, unit_vectors(n, seed=seed))
+            seed += 1
+
+    def reader() -> None:
+        q = unit_vectors(4, seed=1000)
+        while not stop.is_set():
+            for row in top_ids(idx, q, 1000 if kind == "Flat" else n):
+                if kind == "Flat" and sorted(row) != sorted(ids):
+                    errors.append(f"saw {len(row)} rows, {len(set(row))} distinct")
+                if len(row) != len(set(row)):
+                    errors.append("an id came back twice")
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    import time
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    idx.wait_compaction()
+    assert idx.compactions >= 1, "the test should have overlapped a rebuild"
+    assert errors == []
+    assert len(idx) == n
