@@ -1,0 +1,59 @@
+"""`recs jobs submit|list|cancel|savepoint`: Flink jobs on the cluster in settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from conf import load_settings
+
+jobs_app = typer.Typer(help="Submit and manage the Flink jobs (cluster from settings).", no_args_is_help=True)
+
+
+@jobs_app.command("submit")
+def submit(
+    job: str = typer.Argument(..., help="Job name: click-counts."),
+    parallelism: int = typer.Option(None, "--parallelism", "-p", help="Default: flink.parallelism."),
+    from_savepoint: str = typer.Option(None, "--from-savepoint", "-s", help="Savepoint path to restore."),
+) -> None:
+    """Submit a job with `flink run --python` (detached); prints the JobID."""
+    from recs.flink import FlinkError
+    from recs.flink import submit as do_submit
+
+    try:
+        typer.echo(do_submit(load_settings(), job, parallelism=parallelism, from_savepoint=from_savepoint))
+    except FlinkError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@jobs_app.command("list")
+def list_() -> None:
+    """Jobs on the cluster: id, state, name."""
+    from recs.flink import list_jobs
+
+    for j in list_jobs(load_settings()):
+        typer.echo(f"{j['jid']}  {j['state']:<10} {j['name']}")
+
+
+@jobs_app.command("cancel")
+def cancel(job_id: str = typer.Argument(..., help="JobID from `recs jobs list`.")) -> None:
+    """Cancel a running job."""
+    from recs.flink import cancel as do_cancel
+
+    do_cancel(load_settings(), job_id)
+    typer.echo(f"cancelling {job_id}")
+
+
+@jobs_app.command("savepoint")
+def savepoint(job_id: str = typer.Argument(...), target: Path = typer.Option(Path("savepoints")),
+              stop: bool = typer.Option(False, help="Cancel the job after the savepoint.")) -> None:
+    """Trigger a savepoint into TARGET; prints the trigger id."""
+    from recs.flink import savepoint as do_savepoint
+
+    typer.echo(do_savepoint(load_settings(), job_id, target, cancel_job=stop))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(jobs_app, name="jobs")

@@ -1,0 +1,104 @@
+"""Submit, list and cancel Flink jobs on the cluster named in settings.
+
+Submission is ``flink run --python`` from the apache-flink package (the same command targets the
+local standalone cluster, a remote session cluster — set ``RECS_FLINK__JOBMANAGER_HOST`` — or a
+session cluster run by the Kubernetes operator, through its REST service). The job script reads
+its settings from the same ``RECS_*`` environment, which the client passes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from conf.settings import PROJECT_ROOT, Settings
+from recs.stack import flink_home
+
+JOBS = {
+    "click-counts": PROJECT_ROOT / "jobs" / "click_counts.py",
+}
+
+
+class FlinkError(RuntimeError):
+    pass
+
+
+def submit(settings: Settings, job: str, *, parallelism: int | None = None,
+           from_savepoint: str | None = None, detached: bool = True, timeout_s: float = 300) -> str:
+    """Run ``flink run`` for a job of JOBS; returns the JobID."""
+    if job not in JOBS:
+        raise FlinkError(f"unknown job {job!r}; known: {sorted(JOBS)}")
+    f = settings.flink
+    cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"{f.jobmanager_host}:{f.rest_port}",
+           "-pyexec", sys.executable, "-pyclientexec", sys.executable, "-py", str(JOBS[job])]
+    if detached:
+        cmd.insert(2, "-d")
+    cmd[2:2] = ["-p", str(parallelism or f.parallelism)]
+    if from_savepoint:
+        cmd[2:2] = ["-s", from_savepoint]
+    env = dict(os.environ, FLINK_HOME=str(flink_home()))
+    local_conf = settings.stack.run_dir / "flink" / "conf"
+    if local_conf.exists():
+        env["FLINK_CONF_DIR"] = str(local_conf)
+        env["FLINK_LOG_DIR"] = str(settings.stack.run_dir / "flink" / "log")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    out = res.stdout + res.stderr
+    m = re.search(r"JobID ([0-9a-f]{32})", out)
+    if res.returncode != 0 or not m:
+        raise FlinkError(f"flink run failed ({res.returncode}):\n{out[-4000:]}")
+    return m.group(1)
+
+
+def _rest(settings: Settings, path: str, method: str = "GET", body: dict | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{settings.flink.rest_url}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            payload = r.read()
+    except OSError as e:
+        raise FlinkError(f"Flink REST {settings.flink.rest_url}{path}: {e}") from e
+    return json.loads(payload) if payload else None
+
+
+def list_jobs(settings: Settings) -> list[dict[str, Any]]:
+    return list(_rest(settings, "/jobs/overview")["jobs"])
+
+
+def job_status(settings: Settings, job_id: str) -> str:
+    return str(_rest(settings, f"/jobs/{job_id}")["state"])
+
+
+def cancel(settings: Settings, job_id: str) -> None:
+    _rest(settings, f"/jobs/{job_id}?mode=cancel", method="PATCH")
+
+
+def savepoint(settings: Settings, job_id: str, target_dir: Path, cancel_job: bool = False) -> str:
+    """Trigger a savepoint; returns the trigger id (poll /jobs/<id>/savepoints/<trigger>)."""
+    res = _rest(settings, f"/jobs/{job_id}/savepoints", method="POST",
+                body={"target-directory": target_dir.resolve().as_uri(), "cancel-job": cancel_job})
+    return str(res["request-id"])
+
+
+def metrics(settings: Settings, job_id: str, vertex_filter: str = "") -> dict[str, float]:
+    """Aggregated user metrics (recs.*) of every vertex of a job whose name contains vertex_filter."""
+    out: dict[str, float] = {}
+    for v in _rest(settings, f"/jobs/{job_id}")["vertices"]:
+        if vertex_filter not in v["name"]:
+            continue
+        names = [m["id"] for m in _rest(settings, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics")
+                 if ".recs." in m["id"] or m["id"].startswith("recs.")]
+        if not names:
+            continue
+        query = urllib.parse.quote(",".join(names), safe=",")
+        values = _rest(settings, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics?get={query}")
+        for m in values:
+            out[m["id"]] = out.get(m["id"], 0.0) + float(m.get("sum", 0))
+    return out
