@@ -17,6 +17,7 @@ Aerospike cluster or a remote Flink cluster is a settings change only, e.g.::
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -224,7 +225,7 @@ class ServeSettings(_Section):
 
     host: str
     port: int = Field(ge=0, lt=65536)
-    phase: Literal[1, 2, 3]
+    phase: int = Field(ge=1, le=3)  # int, not Literal: env vars ("3") must round-trip
     default_k: int = Field(ge=1)
     max_k: int = Field(ge=1)
     overfetch: float = Field(ge=1)
@@ -287,3 +288,32 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build the settings once, at the edge of a process (CLI, job main, test fixture)."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The settings as RECS_* environment variables, so a child process (a Flink job submitted with
+    `flink run`, a server) rebuilds exactly these settings with load_settings(). Secrets included:
+    the variables go to the child's environment only."""
+    env: dict[str, str] = {}
+    for section_name, section in settings:
+        for name, value in section:
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, BaseModel):
+                text = value.model_dump_json()
+            elif isinstance(value, str | Path):
+                text = str(value)
+            else:
+                text = json.dumps(value)
+            env[f"RECS_{section_name.upper()}__{name.upper()}"] = text
+    return env
+
+
+def with_overrides(settings: Settings, **sections: dict[str, object]) -> Settings:
+    """A copy with some fields replaced and validated, e.g. with_overrides(s, redis={"port": 7000})."""
+    data = settings.model_dump()
+    for section, fields in sections.items():
+        data[section].update(fields)
+    return Settings.model_validate(data)
