@@ -84,6 +84,9 @@ class Filter:
         return (self.categories, self.active, self.inactive)
 
 
+_NO_FILTER = Filter()
+
+
 @dataclass
 class _State:
     """Everything a search reads. Replaced as a whole by a rebuild, mutated in place by writes."""
@@ -123,6 +126,7 @@ class ItemIndex:
         self._pending: list[tuple[Any, ...]] | None = None   # writes during a rebuild
         self._compactor: threading.Thread | None = None
         self._filter_cache: dict[tuple[Any, ...], tuple[int, np.ndarray]] = {}
+        self._params_cache: dict[tuple[Any, ...], Any] = {}
         self.compactions = 0
         self.last_compaction_s = 0.0
         self._st = self._empty_state()
@@ -217,6 +221,7 @@ class ItemIndex:
 
     # --------------------------------------------------------------------------------- writes
     def _check_vectors(self, vectors: Any, what: str) -> np.ndarray:
+        """(n, d) float32, finite, normalised; one pass (NaN and inf show up in the squared norm)."""
         try:
             x = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as e:
@@ -225,12 +230,12 @@ class ItemIndex:
             x = x[None, :]
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise InvalidRequest(f"{what}: expected dimension {self.dim}, got shape {tuple(x.shape)}")
-        if not np.isfinite(x).all():
-            raise InvalidRequest(f"{what}: contains NaN or infinity")
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms == 0).any():
+        sq = np.einsum("ij,ij->i", x, x)
+        if not np.isfinite(sq).all():
+            raise InvalidRequest(f"{what}: contains NaN or infinity (or values too large to square)")
+        if not sq.all():
             raise InvalidRequest(f"{what}: contains an all-zero vector (no direction to compare)")
-        return np.ascontiguousarray(x / norms, dtype=np.float32)
+        return x / np.sqrt(sq)[:, None]
 
     def _check_version(self, model_version: str | None) -> None:
         if not model_version:
@@ -282,6 +287,29 @@ class ItemIndex:
                 if self._pending is not None:
                     self._pending.append(op)
         self._maybe_compact()
+        return len(ids)
+
+    def load_batch(self, ids: Sequence[str], vectors: Any, categories: Sequence[str | None] | None = None,
+                   statuses: Sequence[str] | None = None, model_version: str | None = None) -> int:
+        """Replace the whole content with one bulk build (OpenMP): a daily batch, a benchmark.
+
+        Much faster than ``upsert`` for millions of rows (one batched FAISS add); the build runs
+        without the lock and is swapped in like a compaction. Writes that race with it are lost,
+        so call it before the feeder starts.
+        """
+        ids = list(ids)
+        x = self._check_vectors(vectors, "vectors")
+        if len(x) != len(ids) or len(set(ids)) != len(ids):
+            raise InvalidRequest("load_batch needs one vector per id and unique ids")
+        self._check_version(model_version)
+        cats = np.array([self._category_code(c) for c in categories] if categories else
+                        np.full(len(ids), -1), dtype=np.int32)
+        act = np.array([s == "active" for s in statuses] if statuses else np.ones(len(ids)), bool)
+        self.wait_compaction()
+        new = self._build_state(ids, x, cats, act)
+        with self._lock.write():
+            self._st = new
+            self._filter_cache.clear()
         return len(ids)
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -453,7 +481,7 @@ class ItemIndex:
 
     def _bitmap(self, st: _State, f: Filter) -> np.ndarray | None:
         """The IDSelectorBitmap bytes for a filter, or None when every row qualifies."""
-        if f == Filter():
+        if f is _NO_FILTER or f == _NO_FILTER:
             return None if st.selectable == st.n else st.bits
         hit = self._filter_cache.get(f.key)
         if hit is not None and hit[0] == st.version:
@@ -465,7 +493,15 @@ class ItemIndex:
         return bits
 
     def _params(self, st: _State, bits: np.ndarray | None, k: int, knobs: Mapping[str, int]) -> Any:
-        sel = None if bits is None else faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        if bits is None:    # no selector: parameter objects are read-only, cache them
+            key = (st.built_as, k, tuple(knobs.items()))
+            params = self._params_cache.get(key)
+            if params is None:
+                if len(self._params_cache) > 1024:
+                    self._params_cache.clear()
+                params = self._params_cache[key] = self._params_for(st, None, k, knobs)
+            return params
+        sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
         params = self._params_for(st, sel, k, knobs)
         if params is not None:
             params.keep_alive = (sel, bits)    # the C++ side holds raw pointers to both
@@ -493,15 +529,23 @@ class ItemIndex:
 
         ``knobs``: ``ef_search`` (HNSW) or ``nprobe`` (IVF) for this call only.
         """
+        return [[Hit(i, s) for i, s in zip(ids, scores, strict=True)]
+                for ids, scores in self.search_raw(queries, k, filters, model_version, **knobs)]
+
+    def search_raw(self, queries: Any, k: int, filters: Mapping[str, Collection[str]] | None = None,
+                   model_version: str | None = None, **knobs: int) -> list[tuple[list[str], list[float]]]:
+        """``search`` as (ids, scores) per query: the server's hot path, no per-hit objects."""
         k = self.check_k(k)
         q = self._check_vectors(queries, "queries")
-        f = self.parse_filters(filters)
+        f = self.parse_filters(filters) if filters else _NO_FILTER
         if model_version and self.model_version and model_version != self.model_version:
             raise ModelVersionMismatch(self.model_version, model_version)
-        with self._lock.read():
+        lock = self._lock
+        lock.acquire_read()
+        try:
             st = self._st
             if st.n == 0:
-                return [[] for _ in range(len(q))]
+                return [([], []) for _ in range(len(q))]
             if self.on_gpu:
                 return self._search_post_filter(st, q, k, f)
             bits = self._bitmap(st, f)
@@ -509,13 +553,21 @@ class ItemIndex:
             scores, labels = st.index.search(q, k, params=params)
             del params
             ids = st.ids
-        return [[Hit(ids[lab], float(s)) for lab, s in zip(row_l, row_s, strict=True) if lab >= 0]
-                for row_l, row_s in zip(labels, scores, strict=True)]
+        finally:
+            lock.release_read()
+        out = []
+        for row_l, row_s in zip(labels.tolist(), scores.tolist(), strict=True):
+            if row_l and row_l[-1] < 0:
+                m = row_l.index(-1)
+                row_l, row_s = row_l[:m], row_s[:m]
+            out.append(([ids[lab] for lab in row_l], row_s))
+        return out
 
-    def _search_post_filter(self, st: _State, q: np.ndarray, k: int, f: Filter) -> list[list[Hit]]:
+    def _search_post_filter(self, st: _State, q: np.ndarray, k: int,
+                            f: Filter) -> list[tuple[list[str], list[float]]]:
         """GPU FAISS takes no IDSelector: over-fetch, drop excluded rows, widen until k remain."""
         mask = self._mask(st, f)
-        out: list[list[Hit]] = []
+        out: list[tuple[list[str], list[float]]] = []
         for row in q:
             fetch = min(st.n, 2 * k + 16)
             while True:
@@ -525,7 +577,7 @@ class ItemIndex:
                 if len(keep) >= k or fetch >= min(st.n, 2048):
                     break
                 fetch *= 4
-            out.append([Hit(st.ids[lab], float(s)) for lab, s in keep[:k]])
+            out.append(([st.ids[lab] for lab, _ in keep[:k]], [float(s) for _, s in keep[:k]]))
         return out
 
     def lookup(self, ids: Sequence[str]) -> list[bool]:

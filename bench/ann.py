@@ -1,0 +1,317 @@
+"""ANN benchmark: our ItemIndex (every FAISS kind) against hnswlib and usearch, same run, same data.
+
+    .venv/bin/python bench/ann.py                      # 1 M x 128, what bench/results/ann.json holds
+    .venv/bin/python bench/ann.py --n 100000 --out /tmp/ann.json   # a quick look
+
+Data: clustered synthetic vectors (a Gaussian mixture, 4,096 centres, L2-normalised, like item-tower
+output) and 1,000 held-out queries from the same mixture; ground truth by exact inner product.
+For every index: recall@10 against exact search and single-thread QPS (one query per call, the
+way the server calls it) across its knob (efSearch for HNSW graphs, nprobe for IVF). Builds use
+all cores (2 here) for everyone. "ours" is the ItemIndex wrapper as served (validation,
+normalisation, tombstone-aware search, string ids), not bare FAISS; bare FAISS HNSW is reported
+too, so the wrapper's own cost is visible.
+
+Update figures (ours, HNSW): upserts/s and deletes/s through ItemIndex, and search p50/p99 while
+a steady stream of upserts is applied (and without, as the baseline).
+
+The HNSW index built here is saved as a snapshot under data/bench/ so bench/serve.py can restore
+it instead of building 1 M vectors again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from conf import load_settings
+from index import snapshot
+from index.ann import ItemIndex
+
+log = logging.getLogger("bench.ann")
+ROOT = Path(__file__).resolve().parent.parent
+K = 10
+EF_SWEEP = [10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+NPROBE_SWEEP = [4, 8, 16, 32, 64, 128, 256]
+
+
+def clustered(n: int, d: int, seed: int, centres: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, d), np.float32)
+    step = 100_000
+    for a in range(0, n, step):
+        m = min(step, n - a)
+        c = centres[rng.integers(0, len(centres), m)]
+        out[a:a + m] = c + 1.0 * rng.standard_normal((m, d), dtype=np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def ground_truth(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(x)
+    return flat.search(q, k)[1]
+
+
+def recall(found: list[np.ndarray], gt: np.ndarray) -> float:
+    return float(np.mean([len(set(f[:K].tolist()) & set(g[:K].tolist())) / K
+                          for f, g in zip(found, gt, strict=False)]))
+
+
+def timed_queries(fn, q: np.ndarray, budget_s: float) -> tuple[list[np.ndarray], float, list[float]]:
+    """Run fn(query) one at a time until all queries or the budget; returns results, QPS, lat ms."""
+    out, lat = [], []
+    t_start = time.perf_counter()
+    for row in q:
+        t0 = time.perf_counter()
+        out.append(fn(row))
+        lat.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - t_start > budget_s and len(out) >= 50:
+            break
+    return out, len(out) / (time.perf_counter() - t_start), lat
+
+
+def point(name: str, knob: str, value: int, res, qps: float, gt: np.ndarray) -> dict[str, Any]:
+    r = recall(res, gt)
+    log.info("%-14s %s=%-4d recall@10=%.4f qps=%.0f", name, knob, value, r, qps)
+    return {knob: value, "recall@10": round(r, 4), "qps": round(qps, 1), "queries": len(res)}
+
+
+def bench_ours(kind: str, cfg, ids, x, q, gt, args, label_of: dict[str, int]) -> tuple[dict, ItemIndex]:
+    s = cfg.model_copy(update={"kind": kind, "train_min": 1})
+    faiss.omp_set_num_threads(args.build_threads)
+    idx = ItemIndex(s)
+    faiss.omp_set_num_threads(args.build_threads)     # ItemIndex sets 1 for serving
+    t0 = time.perf_counter()
+    idx.load_batch(ids, x, model_version="bench")
+    build_s = time.perf_counter() - t0
+    faiss.omp_set_num_threads(1)
+    log.info("ours %s built in %.1f s", kind, build_s)
+    knob, sweep = {"HNSW": ("ef_search", EF_SWEEP), "IVFFlat": ("nprobe", NPROBE_SWEEP),
+                   "IVFPQ": ("nprobe", NPROBE_SWEEP), "Flat": ("none", [0])}[kind]
+    points = []
+    budget = 2.0 if kind == "Flat" else args.budget_s
+    for v in sweep:
+        kw = {} if kind == "Flat" else {knob: v}
+
+        def fn(row, kw=kw):
+            return np.array([label_of[i] for i in idx.search_raw(row, K, **kw)[0][0]])
+
+        res, qps, _ = timed_queries(fn, q, budget)
+        points.append(point(f"ours-{kind}", knob, v, res, qps, gt[: len(res)]))
+    return {"build_s": round(build_s, 1), "knob": knob, "points": points}, idx
+
+
+def bench_faiss_bare(idx: ItemIndex, q, gt, args) -> dict:
+    """The FAISS HNSW inside ours, called directly: the wrapper's overhead is the difference."""
+    fx = idx._st.index
+    points = []
+    for ef in EF_SWEEP:
+        p = faiss.SearchParametersHNSW(efSearch=ef)
+        res, qps, _ = timed_queries(lambda row, p=p: fx.search(row[None, :], K, params=p)[1][0], q,
+                                    args.budget_s)
+        points.append(point("faiss-bare", "ef_search", ef, res, qps, gt[: len(res)]))
+    return {"knob": "ef_search", "points": points}
+
+
+def bench_hnswlib(x, q, gt, cfg, args) -> dict:
+    import hnswlib
+
+    ix = hnswlib.Index(space="ip", dim=x.shape[1])
+    ix.init_index(max_elements=len(x), M=cfg.hnsw_m, ef_construction=cfg.ef_construction,
+                  random_seed=0)
+    ix.set_num_threads(args.build_threads)
+    t0 = time.perf_counter()
+    ix.add_items(x, np.arange(len(x)))
+    build_s = time.perf_counter() - t0
+    log.info("hnswlib built in %.1f s", build_s)
+    ix.set_num_threads(1)
+    points = []
+    for ef in EF_SWEEP:
+        ix.set_ef(max(ef, K))
+        res, qps, _ = timed_queries(lambda row: ix.knn_query(row, k=K)[0][0], q, args.budget_s)
+        points.append(point("hnswlib", "ef_search", ef, res, qps, gt[: len(res)]))
+    return {"build_s": round(build_s, 1), "knob": "ef_search", "points": points}
+
+
+def bench_usearch(x, q, gt, cfg, args) -> dict:
+    from usearch.index import Index
+
+    ix = Index(ndim=x.shape[1], metric="ip", dtype="f32", connectivity=cfg.hnsw_m,
+               expansion_add=cfg.ef_construction)
+    t0 = time.perf_counter()
+    ix.add(np.arange(len(x)), x, threads=args.build_threads)
+    build_s = time.perf_counter() - t0
+    log.info("usearch built in %.1f s", build_s)
+    points = []
+    for ef in EF_SWEEP:
+        ix.expansion_search = ef
+        res, qps, _ = timed_queries(lambda row: ix.search(row, K, threads=1).keys, q, args.budget_s)
+        points.append(point("usearch", "ef_search", ef, res, qps, gt[: len(res)]))
+    return {"build_s": round(build_s, 1), "knob": "ef_search", "points": points}
+
+
+def best_qps(points: list[dict], target: float = 0.95) -> float | None:
+    ok = [p["qps"] for p in points if p["recall@10"] >= target]
+    return max(ok) if ok else None
+
+
+def updates(idx: ItemIndex, ids: list[str], d: int, centres: np.ndarray, q: np.ndarray,
+            args) -> dict[str, Any]:
+    """Upserts/s, deletes/s, and search latency with and without a steady upsert stream."""
+    rng = np.random.default_rng(7)
+    n_up = args.upserts
+    new = clustered(n_up, d, 11, centres)
+    targets = [ids[i] for i in rng.choice(len(ids), n_up, replace=False)]
+    t0 = time.perf_counter()
+    for a in range(0, n_up, 512):                       # the feeder's batch size
+        idx.upsert(targets[a:a + 512], new[a:a + 512])
+    upserts_per_s = n_up / (time.perf_counter() - t0)
+
+    dels = [ids[i] for i in rng.choice(len(ids), args.deletes, replace=False)]
+    t0 = time.perf_counter()
+    for a in range(0, len(dels), 512):
+        idx.delete(dels[a:a + 512])
+    deletes_per_s = len(dels) / (time.perf_counter() - t0)
+    log.info("upserts/s %.0f, deletes/s %.0f", upserts_per_s, deletes_per_s)
+
+    def search_lat(seconds: float) -> list[float]:
+        lat, t_end, i = [], time.perf_counter() + seconds, 0
+        while time.perf_counter() < t_end:
+            t = time.perf_counter()
+            idx.search(q[i % len(q)], K)
+            lat.append((time.perf_counter() - t) * 1e3)
+            i += 1
+        return lat
+
+    base = search_lat(3.0)
+    stop = threading.Event()
+    applied = [0]
+    stream = clustered(200_000, d, 12, centres)
+
+    def writer() -> None:                               # a steady stream: rate per second, batches of 50
+        i, period = 0, 50 / args.stream_rate
+        nxt = time.perf_counter()
+        while not stop.is_set():
+            a = (i * 50) % len(stream)
+            idx.upsert([ids[(a + j) * 7 % len(ids)] for j in range(50)], stream[a:a + 50])
+            applied[0] += 50
+            i += 1
+            nxt += period
+            time.sleep(max(0.0, nxt - time.perf_counter()))
+
+    w = threading.Thread(target=writer)
+    w.start()
+    t0 = time.perf_counter()
+    during = search_lat(args.stream_s)
+    stop.set()
+    w.join()
+    achieved = applied[0] / (time.perf_counter() - t0)
+    pct = lambda v, p: round(float(np.percentile(v, p)), 3)  # noqa: E731
+    return {"upserts_per_s": round(upserts_per_s, 1), "deletes_per_s": round(deletes_per_s, 1),
+            "search_p50_ms_idle": pct(base, 50), "search_p99_ms_idle": pct(base, 99),
+            "search_p50_ms_during_upserts": pct(during, 50),
+            "search_p99_ms_during_upserts": pct(during, 99),
+            "upsert_stream_offered_per_s": args.stream_rate,
+            "upsert_stream_achieved_per_s": round(achieved, 1),
+            "upsert_write_chunk": idx.settings.write_chunk}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in result["curves"].items():
+        pts = r["points"]
+        ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o", label=name)
+    ax.axvline(0.95, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("queries/s, one thread")
+    ax.set_yscale("log")
+    ax.set_title(f"{result['n']:,} x {result['d']}, single-thread search")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--kinds", default="HNSW,IVFFlat,IVFPQ,Flat")
+    ap.add_argument("--peers", default="hnswlib,usearch")
+    ap.add_argument("--budget-s", type=float, default=3.0, help="time per curve point")
+    ap.add_argument("--build-threads", type=int, default=2)
+    ap.add_argument("--upserts", type=int, default=20_000)
+    ap.add_argument("--deletes", type=int, default=50_000)
+    ap.add_argument("--stream-rate", type=float, default=1000.0, help="upserts/s during the p99 test")
+    ap.add_argument("--stream-s", type=float, default=10.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/ann.json")
+    ap.add_argument("--snapshot", type=Path, default=None,
+                    help="where to save the HNSW index for bench/serve.py (default data/bench/ann-N)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    cfg = load_settings().index.model_copy(update={"dim": args.d, "compaction_min_dead": 10**9})
+    t0 = time.perf_counter()
+    centres = np.random.default_rng(1).standard_normal((4096, args.d)).astype(np.float32)
+    x = clustered(args.n, args.d, 2, centres)
+    q = clustered(args.queries, args.d, 3, centres)
+    gt = ground_truth(x, q, K)
+    ids = [f"item-{i}" for i in range(args.n)]
+    label_of = {s: i for i, s in enumerate(ids)}
+    log.info("data + ground truth in %.1f s", time.perf_counter() - t0)
+
+    curves: dict[str, Any] = {}
+    upd: dict[str, Any] = {}
+    for kind in args.kinds.split(","):
+        r, idx = bench_ours(kind, cfg, ids, x, q, gt, args, label_of)
+        curves[f"ours-{kind}"] = r
+        if kind == "HNSW":
+            curves["faiss-bare-HNSW"] = bench_faiss_bare(idx, q, gt, args)
+            snap_dir = args.snapshot or ROOT / f"data/bench/ann-{args.n}"
+            snapshot.save(idx, snap_dir, {})
+            upd = updates(idx, ids, args.d, centres, q, args)
+        del idx
+    for peer in filter(None, args.peers.split(",")):
+        curves[peer] = {"hnswlib": bench_hnswlib, "usearch": bench_usearch}[peer](x, q, gt, cfg, args)
+
+    best = {name: best_qps(r["points"]) for name, r in curves.items()}
+    ours = max((v for k, v in best.items() if k.startswith("ours-") and v), default=None)
+    peers = [best.get(p) for p in ("hnswlib", "usearch") if best.get(p)]
+    result = {
+        "n": args.n, "d": args.d, "queries": args.queries, "k": K, "metric": "inner product",
+        "data": "Gaussian mixture, 4096 centres, noise 1.0, L2-normalised",
+        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
+                    "faiss": faiss.__version__},
+        "hnsw": {"M": cfg.hnsw_m, "ef_construction": cfg.ef_construction},
+        "ivf": {"nlist": cfg.ivf_nlist, "pq_m": cfg.pq_m, "pq_nbits": cfg.pq_nbits},
+        "curves": curves,
+        "best_qps_at_recall_0.95": {"ours": ours, "hnswlib": best.get("hnswlib"),
+                                    "usearch": best.get("usearch"),
+                                    "per_curve": best},
+        "ours_vs_best_peer": round(ours / max(peers), 3) if ours and peers else None,
+        **upd,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    plot(result, args.out.with_suffix(".png"))
+    log.info("best QPS at recall 0.95: %s; ratio ours/best peer %s", result["best_qps_at_recall_0.95"],
+             result["ours_vs_best_peer"])
+
+
+if __name__ == "__main__":
+    main()
