@@ -1,0 +1,153 @@
+"""Aerospike implementation of ``EmbeddingStore`` (official client), the production KV store.
+
+One record per key in ``aerospike.namespace`` / ``aerospike.set_name``, user keys "user:{id}" etc.
+(the same layout as Redis). Bins mirror the Redis hash fields. The event-time rule is a filter
+expression on every write: ``not exists(event_ts) or event_ts <= new``; a refused write comes back
+as result code 27 (FILTERED_OUT) and is reported as False. Reads and writes are batched
+(``batch_read`` / ``batch_write``): one round trip per call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from conf.settings import AerospikeSettings, KVSettings
+from recs.stores.base import (
+    KIND_ITEM,
+    KIND_RECS,
+    KIND_USER,
+    TRENDING,
+    ItemVector,
+    RecsList,
+    UserRecord,
+    decode_vector,
+    encode_vector,
+    record_key,
+)
+
+FILTERED_OUT = 27
+KEY_NOT_FOUND = 2
+
+
+class AerospikeStore:
+    def __init__(self, settings: AerospikeSettings, kv: KVSettings, client: Any = None) -> None:
+        import aerospike
+
+        self.settings = settings
+        self.kv = kv
+        self._aerospike = aerospike
+        if client is None:
+            hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1]) if ":" in h else 3000)
+                     for h in settings.hosts]
+            config: dict[str, Any] = {"hosts": hosts, "policies": {
+                "read": {"total_timeout": settings.timeout_ms},
+                "write": {"total_timeout": settings.timeout_ms},
+                "batch": {"total_timeout": settings.timeout_ms}}}
+            if settings.user:
+                config["user"] = settings.user
+                config["password"] = settings.password.get_secret_value() if settings.password else ""
+            client = aerospike.client(config).connect()
+        self.client = client
+
+    def _key(self, kind: str, ident: str) -> tuple[str, str, str]:
+        return (self.settings.namespace, self.settings.set_name, record_key(self.kv.key_prefix, kind, ident))
+
+    def _read(self, keys: list[tuple[str, str, str]]) -> list[dict[str, Any] | None]:
+        if not keys:
+            return []
+        res = self.client.batch_read(keys)
+        out: list[dict[str, Any] | None] = []
+        for br in res.batch_records:
+            out.append(br.record[2] if br.result == 0 and br.record else None)
+        return out
+
+    def _write(self, rows: list[tuple[tuple[str, str, str], int, int, dict[str, Any]]]) -> list[bool]:
+        if not rows:
+            return []
+        from aerospike_helpers import expressions as exp
+        from aerospike_helpers.batch.records import BatchRecords, Write
+        from aerospike_helpers.operations import operations as op
+
+        writes = []
+        for key, event_ts, ttl, bins in rows:
+            newer_or_new = exp.Or(exp.Not(exp.BinExists("event_ts")),
+                                  exp.LE(exp.IntBin("event_ts"), int(event_ts))).compile()
+            ops = [op.write("event_ts", int(event_ts))]
+            ops += [op.write(name, value) for name, value in bins.items()]  # None removes the bin
+            meta = {"ttl": ttl if ttl > 0 else self._aerospike.TTL_NEVER_EXPIRE}
+            writes.append(Write(key, ops, meta=meta, policy={"expressions": newer_or_new}))
+        res = self.client.batch_write(BatchRecords(writes))
+        out = []
+        for br in res.batch_records:
+            if br.result not in (0, FILTERED_OUT):
+                raise self._aerospike.exception.AerospikeError(
+                    f"batch write of {br.key} failed with result code {br.result}")
+            out.append(br.result == 0)
+        return out
+
+    def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:
+        out: list[UserRecord | None] = []
+        for uid, b in zip(user_ids, self._read([self._key(KIND_USER, u) for u in user_ids]), strict=True):
+            out.append(None if not b or "emb" not in b else UserRecord(
+                user_id=uid, embedding=decode_vector(b["emb"], b["dtype"]),
+                model_version=b["model_version"], event_ts=int(b["event_ts"]),
+                last_n=tuple(json.loads(b.get("last_n", "[]"))), updated_ts=int(b.get("updated_ts", 0))))
+        return out
+
+    def put_users(self, records: Sequence[UserRecord]) -> list[bool]:
+        now, dt = int(time.time() * 1000), self.kv.embedding_dtype
+        return self._write([
+            (self._key(KIND_USER, r.user_id), r.event_ts, self.kv.user_ttl_s,
+             {"emb": bytearray(encode_vector(r.embedding, dt)), "dtype": dt,
+              "model_version": r.model_version, "last_n": json.dumps(list(r.last_n)),
+              "updated_ts": r.updated_ts or now}) for r in records])
+
+    def get_items(self, item_ids: Sequence[str]) -> list[ItemVector | None]:
+        out: list[ItemVector | None] = []
+        for iid, b in zip(item_ids, self._read([self._key(KIND_ITEM, i) for i in item_ids]), strict=True):
+            out.append(None if not b else ItemVector(
+                item_id=iid, embedding=decode_vector(b["emb"], b["dtype"]) if b.get("emb") else None,
+                model_version=b["model_version"], event_ts=int(b["event_ts"]), status=b["status"],
+                category=b.get("category")))
+        return out
+
+    def put_items(self, records: Sequence[ItemVector]) -> list[bool]:
+        dt = self.kv.embedding_dtype
+        return self._write([
+            (self._key(KIND_ITEM, r.item_id), r.event_ts, 0,
+             {"emb": None if r.embedding is None else bytearray(encode_vector(r.embedding, dt)),
+              "dtype": dt, "model_version": r.model_version, "status": r.status,
+              "category": r.category}) for r in records])
+
+    @staticmethod
+    def _list(key: str, b: dict[str, Any] | None) -> RecsList | None:
+        if not b:
+            return None
+        return RecsList(key=key, items=tuple(json.loads(b["items"])),
+                        scores=tuple(json.loads(b.get("scores", "[]"))),
+                        model_version=b["model_version"], event_ts=int(b["event_ts"]))
+
+    @staticmethod
+    def _bins(r: RecsList) -> dict[str, Any]:
+        return {"items": json.dumps(list(r.items)), "scores": json.dumps(list(r.scores)),
+                "model_version": r.model_version}
+
+    def get_recs(self, user_ids: Sequence[str]) -> list[RecsList | None]:
+        rows = self._read([self._key(KIND_RECS, u) for u in user_ids])
+        return [self._list(u, b) for u, b in zip(user_ids, rows, strict=True)]
+
+    def put_recs(self, records: Sequence[RecsList]) -> list[bool]:
+        return self._write([(self._key(KIND_RECS, r.key), r.event_ts, self.kv.user_ttl_s, self._bins(r))
+                            for r in records])
+
+    def get_trending(self) -> RecsList | None:
+        return self._list("", self._read([self._key(TRENDING, "")])[0])
+
+    def put_trending(self, record: RecsList) -> bool:
+        return self._write([(self._key(TRENDING, ""), record.event_ts, 0, self._bins(record))])[0]
+
+    def close(self) -> None:
+        self.client.close()

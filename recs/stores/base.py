@@ -1,0 +1,97 @@
+"""The KV layout and the ``EmbeddingStore`` protocol every backend implements.
+
+Keys (``kv.key_prefix`` in front of each):
+
+    user:{user_id}   UserRecord   the user embedding, last-N clicked item ids, model_version, event_ts
+    item:{item_id}   ItemVector   an item-tower vector (read in batches by the user-embedding job);
+                                  a removed item is kept as a tombstone (no vector) so an older write
+                                  cannot bring it back
+    recs:{user_id}   RecsList     a precomputed top-K list (phase 1, cold start)
+    trending         RecsList     the trending list (user_id "" ), cold start of last resort
+
+The event-time rule (ARCHITECTURE.md invariant 2): every record carries ``event_ts``; a write whose
+``event_ts`` is older than the stored one is refused, atomically in the store (a Lua script in Redis,
+a filter expression in Aerospike), so two writers racing can never let the older one win. An equal
+``event_ts`` replaces the record: replaying a topic writes the same record again (idempotent).
+
+Embeddings are stored as float16 or float32 bytes (``kv.embedding_dtype``) and always come back as
+float32 numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+KIND_USER, KIND_ITEM, KIND_RECS = "user", "item", "recs"
+TRENDING = "trending"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    user_id: str
+    embedding: np.ndarray            # (d,) float32
+    model_version: str
+    event_ts: int                    # event time (ms) of the newest click it reflects
+    last_n: tuple[str, ...] = ()     # most recent last
+    updated_ts: int = 0              # wall-clock ms of the write
+
+
+@dataclass(frozen=True, slots=True)
+class ItemVector:
+    item_id: str
+    embedding: np.ndarray | None     # None: the item was removed (tombstone)
+    model_version: str
+    event_ts: int
+    status: str = "active"
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecsList:
+    key: str                         # user id, or "" for the trending list
+    items: tuple[str, ...]
+    model_version: str
+    event_ts: int                    # data cut-off time of the batch that produced it
+    scores: tuple[float, ...] = field(default=())
+
+
+@runtime_checkable
+class EmbeddingStore(Protocol):
+    """Batched, event-time-safe access to user/item embeddings and precomputed lists.
+
+    - ``get_*`` take a sequence of ids and return a list of the same length, ``None`` where absent;
+      an empty sequence costs no round trip.
+    - ``put_*`` return, per record, True when it was written and False when a newer record
+      (greater ``event_ts``) was already stored. One round trip per call (pipelined / batched).
+    - TTL: user records and recs lists expire ``kv.user_ttl_s`` after their last write (0 = never);
+      items and the trending list do not expire.
+    - Errors: connection failures and timeouts raise the backend's exception (``redis.RedisError``,
+      ``aerospike.exception.AerospikeError``); a caller that serves traffic falls back on them.
+    """
+
+    def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]: ...
+    def put_users(self, records: Sequence[UserRecord]) -> list[bool]: ...
+    def get_items(self, item_ids: Sequence[str]) -> list[ItemVector | None]: ...
+    def put_items(self, records: Sequence[ItemVector]) -> list[bool]: ...
+    def get_recs(self, user_ids: Sequence[str]) -> list[RecsList | None]: ...
+    def put_recs(self, records: Sequence[RecsList]) -> list[bool]: ...
+    def get_trending(self) -> RecsList | None: ...
+    def put_trending(self, record: RecsList) -> bool: ...
+    def close(self) -> None: ...
+
+
+def encode_vector(vec: np.ndarray, dtype: str) -> bytes:
+    return np.ascontiguousarray(vec, dtype="<f2" if dtype == "float16" else "<f4").tobytes()
+
+
+def decode_vector(raw: bytes, dtype: str) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f2" if dtype == "float16" else "<f4").astype(np.float32)
+
+
+def record_key(prefix: str, kind: str, ident: str) -> str:
+    """``{prefix}user:{id}``, ``{prefix}item:{id}``, ``{prefix}recs:{id}``, ``{prefix}trending``."""
+    return f"{prefix}{TRENDING}" if kind == TRENDING else f"{prefix}{kind}:{ident}"

@@ -1,0 +1,150 @@
+"""Redis implementation of ``EmbeddingStore``: one hash per record, writes through a Lua script.
+
+The script compares the stored ``event_ts`` with the incoming one and writes only when the new one
+is not older, inside Redis, so the check and the write are one atomic step (no WATCH retry loop).
+Batches are pipelined: one round trip for a ``get_*``/``put_*`` call of any size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from conf.settings import KVSettings, RedisSettings
+from recs.stores.base import (
+    KIND_ITEM,
+    KIND_RECS,
+    KIND_USER,
+    TRENDING,
+    ItemVector,
+    RecsList,
+    UserRecord,
+    decode_vector,
+    encode_vector,
+    record_key,
+)
+
+# KEYS[1] = record key; ARGV[1] = event_ts; ARGV[2] = ttl seconds (0 = none); ARGV[3..] = field, value
+PUT_IF_NOT_OLDER = """
+local cur = redis.call('HGET', KEYS[1], 'event_ts')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'event_ts', ARGV[1], unpack(ARGV, 3))
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
+class RedisStore:
+    def __init__(self, redis_settings: RedisSettings, kv: KVSettings,
+                 client: redis.Redis | None = None) -> None:
+        self.kv = kv
+        pw = redis_settings.password.get_secret_value() if redis_settings.password else None
+        self.client = client or redis.Redis(
+            host=redis_settings.host, port=redis_settings.port, db=redis_settings.db, password=pw,
+            socket_timeout=redis_settings.socket_timeout_s,
+            socket_connect_timeout=redis_settings.socket_timeout_s)
+        self._put = self.client.register_script(PUT_IF_NOT_OLDER)
+
+    def key(self, kind: str, ident: str) -> str:
+        return record_key(self.kv.key_prefix, kind, ident)
+
+    # ------------------------------------------------------------------------------ plumbing
+    def _get(self, keys: list[str]) -> list[dict[bytes, bytes]]:
+        if not keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for k in keys:
+            pipe.hgetall(k)
+        return pipe.execute()
+
+    def _write(self, rows: list[tuple[str, int, int, dict[str, Any]]]) -> list[bool]:
+        if not rows:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key, event_ts, ttl, fields in rows:
+            args: list[Any] = [int(event_ts), int(ttl)]
+            for name, value in fields.items():
+                if value is not None:
+                    args += [name, value]
+            self._put(keys=[key], args=args, client=pipe)
+        return [bool(r) for r in pipe.execute()]
+
+    # ----------------------------------------------------------------------------------- users
+    def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:
+        out: list[UserRecord | None] = []
+        for uid, h in zip(user_ids, self._get([self.key(KIND_USER, u) for u in user_ids]), strict=True):
+            if not h or b"emb" not in h:
+                out.append(None)
+                continue
+            out.append(UserRecord(
+                user_id=uid, embedding=decode_vector(h[b"emb"], h[b"dtype"].decode()),
+                model_version=h[b"model_version"].decode(), event_ts=int(h[b"event_ts"]),
+                last_n=tuple(json.loads(h.get(b"last_n", b"[]"))), updated_ts=int(h.get(b"updated_ts", 0))))
+        return out
+
+    def put_users(self, records: Sequence[UserRecord]) -> list[bool]:
+        now = int(time.time() * 1000)
+        dt = self.kv.embedding_dtype
+        return self._write([
+            (self.key(KIND_USER, r.user_id), r.event_ts, self.kv.user_ttl_s,
+             {"emb": encode_vector(r.embedding, dt), "dtype": dt, "model_version": r.model_version,
+              "last_n": json.dumps(list(r.last_n)), "updated_ts": r.updated_ts or now})
+            for r in records])
+
+    # ----------------------------------------------------------------------------------- items
+    def get_items(self, item_ids: Sequence[str]) -> list[ItemVector | None]:
+        out: list[ItemVector | None] = []
+        for iid, h in zip(item_ids, self._get([self.key(KIND_ITEM, i) for i in item_ids]), strict=True):
+            if not h:
+                out.append(None)
+                continue
+            emb = decode_vector(h[b"emb"], h[b"dtype"].decode()) if b"emb" in h else None
+            cat = h.get(b"category")
+            out.append(ItemVector(item_id=iid, embedding=emb, model_version=h[b"model_version"].decode(),
+                                  event_ts=int(h[b"event_ts"]), status=h[b"status"].decode(),
+                                  category=cat.decode() if cat else None))
+        return out
+
+    def put_items(self, records: Sequence[ItemVector]) -> list[bool]:
+        dt = self.kv.embedding_dtype
+        return self._write([
+            (self.key(KIND_ITEM, r.item_id), r.event_ts, 0,
+             {"emb": None if r.embedding is None else encode_vector(r.embedding, dt), "dtype": dt,
+              "model_version": r.model_version, "status": r.status, "category": r.category})
+            for r in records])
+
+    # ------------------------------------------------------------------------- lists (recs, trending)
+    @staticmethod
+    def _list(key: str, h: dict[bytes, bytes]) -> RecsList | None:
+        if not h:
+            return None
+        return RecsList(key=key, items=tuple(json.loads(h[b"items"])),
+                        scores=tuple(json.loads(h.get(b"scores", b"[]"))),
+                        model_version=h[b"model_version"].decode(), event_ts=int(h[b"event_ts"]))
+
+    @staticmethod
+    def _list_fields(r: RecsList) -> dict[str, Any]:
+        return {"items": json.dumps(list(r.items)), "scores": json.dumps(list(r.scores)),
+                "model_version": r.model_version}
+
+    def get_recs(self, user_ids: Sequence[str]) -> list[RecsList | None]:
+        rows = self._get([self.key(KIND_RECS, u) for u in user_ids])
+        return [self._list(u, h) for u, h in zip(user_ids, rows, strict=True)]
+
+    def put_recs(self, records: Sequence[RecsList]) -> list[bool]:
+        return self._write([(self.key(KIND_RECS, r.key), r.event_ts, self.kv.user_ttl_s,
+                             self._list_fields(r)) for r in records])
+
+    def get_trending(self) -> RecsList | None:
+        return self._list("", self._get([self.key(TRENDING, "")])[0])
+
+    def put_trending(self, record: RecsList) -> bool:
+        return self._write([(self.key(TRENDING, ""), record.event_ts, 0, self._list_fields(record))])[0]
+
+    def close(self) -> None:
+        self.client.close()
