@@ -209,6 +209,8 @@ class IndexSettings(_Section):
     snapshot_dir: Path
     snapshot_interval_s: float = Field(ge=0)
     replica_id: str
+    shard_index: int = Field(ge=0)
+    shard_count: int = Field(ge=1)
     feeder_batch: int = Field(ge=1)
     feeder_poll_ms: int = Field(ge=1)
     shards: list[list[str]]

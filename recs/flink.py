@@ -3,7 +3,7 @@
 Submission is ``flink run --python`` from the apache-flink package (the same command targets the
 local standalone cluster, a remote session cluster — set ``RECS_FLINK__JOBMANAGER_HOST`` — or a
 session cluster run by the Kubernetes operator, through its REST service). The job script reads
-its settings from the same ``RECS_*`` environment, which the client passes on.
+its settings from ``RECS_*`` variables that ``submit`` sets from the caller's settings object.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conf.settings import PROJECT_ROOT, Settings
+from conf.settings import PROJECT_ROOT, Settings, to_env
 from recs.stack import flink_home
 
 JOBS = {
@@ -43,7 +43,8 @@ def submit(settings: Settings, job: str, *, parallelism: int | None = None,
     cmd[2:2] = ["-p", str(parallelism or f.parallelism)]
     if from_savepoint:
         cmd[2:2] = ["-s", from_savepoint]
-    env = dict(os.environ, FLINK_HOME=str(flink_home()))
+    # The job rebuilds exactly these settings from RECS_* variables (conf.settings.to_env).
+    env = dict(os.environ, **to_env(settings), FLINK_HOME=str(flink_home()))
     local_conf = settings.stack.run_dir / "flink" / "conf"
     if local_conf.exists():
         env["FLINK_CONF_DIR"] = str(local_conf)

@@ -458,15 +458,26 @@ class Stack:
         return self.leftovers()
 
     def leftovers(self) -> list[int]:
-        """Processes started from this run folder that are still alive."""
-        run_dir = str(self.settings.stack.run_dir)
+        """Processes of this run folder still alive: pid files, their children (e.g. the Python
+        workers of the TaskManager), and anything whose command line mentions the run folder."""
+        run_dir = self.settings.stack.run_dir
         me = os.getpid()
-        found = []
+        roots: set[int] = set()
+        for pid_file in run_dir.glob("*/*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                roots.update(int(x) for x in pid_file.read_text().split())
         for p in psutil.process_iter(["pid", "cmdline"]):
             with contextlib.suppress(psutil.Error):
-                if p.info["pid"] != me and any(run_dir in part for part in (p.info["cmdline"] or [])):
-                    found.append(p.info["pid"])
-        return found
+                if p.info["pid"] != me and any(str(run_dir) in part for part in (p.info["cmdline"] or [])):
+                    roots.add(p.info["pid"])
+        found: set[int] = set()
+        for pid in roots:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.add(pid)
+                    found.update(c.pid for c in proc.children(recursive=True))
+        return sorted(found)
 
     def kill_leftovers(self) -> None:
         for pid in self.leftovers():

@@ -1,0 +1,108 @@
+"""Export a trained checkpoint to the artifact folder every consumer loads (models/artifact.py).
+
+    recs export                                   # artifacts/checkpoints/model.pt -> artifacts/model
+    recs export --checkpoint ck.pt --out DIR --eval bench/results/model_quality.json
+
+Folder layout:
+    item_tower.onnx   token_ids (B, T) int64, token_mask (B, T) bool  -> item_embedding (B, d)
+    user_tower.onnx   item_vectors (B, N, d) float32, mask (B, N) bool -> user_embedding (B, d)
+                      the item-tower vectors of the last N clicks, most recent at column N-1
+    tokenizer.json    the BPE tokenizer, padding/truncation to T included
+    metadata.json     model_version, dim, max_len (N), max_tokens (T), vocab_hash, data summary,
+                      training summary, evaluation figures, sha256 of every file
+
+model_version is derived from the weights and the tokenizer (same training result, same version),
+so an index filled by one export and user vectors from another can be told apart. Batch is the only
+dynamic axis. Both graphs are exported with the TorchScript exporter (dynamo=False) at opset 17.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.tokenizer import vocab_hash
+from models.train import Trained
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+OPSET = 17
+ITEM_FILE, USER_FILE, TOKENIZER_FILE, METADATA_FILE = (
+    "item_tower.onnx", "user_tower.onnx", "tokenizer.json", "metadata.json")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_version(t: Trained) -> str:
+    buf = io.BytesIO()
+    for name, tensor in sorted(t.model.state_dict().items()):
+        buf.write(name.encode())
+        buf.write(tensor.detach().cpu().numpy().tobytes())
+    buf.write(t.tokenizer.to_str().encode())
+    return "tt-" + hashlib.sha256(buf.getvalue()).hexdigest()[:12]
+
+
+def _export(module: nn.Module, args: tuple, path: Path, names_in: list[str], name_out: str) -> None:
+    dyn = {n: {0: "batch"} for n in names_in} | {name_out: {0: "batch"}}
+    torch.onnx.export(module, args, str(path), input_names=names_in, output_names=[name_out],
+                      dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+
+
+def export(t: Trained, out_dir: Path, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the four files; return the metadata."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, cfg = t.model.eval(), t.settings
+    n, d, tt = cfg.max_len, cfg.dim, cfg.max_tokens
+    with torch.no_grad():
+        ids = torch.randint(2, model.config["vocab_size"], (2, tt))          # (2, T)
+        tmask = torch.ones(2, tt, dtype=torch.bool)                          # (2, T)
+        _export(model.item, (ids, tmask), out_dir / ITEM_FILE, ["token_ids", "token_mask"],
+                "item_embedding")
+        vecs = torch.nn.functional.normalize(torch.randn(2, n, d), dim=-1)    # (2, N, d)
+        umask = torch.ones(2, n, dtype=torch.bool)                           # (2, N)
+        _export(model.user, (vecs, umask), out_dir / USER_FILE, ["item_vectors", "mask"],
+                "user_embedding")
+    t.tokenizer.save(str(out_dir / TOKENIZER_FILE))
+    files = [ITEM_FILE, USER_FILE, TOKENIZER_FILE]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model_version": model_version(t),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dim": d,
+        "max_len": n,
+        "max_tokens": tt,
+        "vocab_size": model.config["vocab_size"],
+        "vocab_hash": vocab_hash(t.tokenizer),
+        "user_encoder": cfg.user_encoder,
+        "inputs": {
+            "item_tower": {"token_ids": ["batch", tt, "int64"], "token_mask": ["batch", tt, "bool"]},
+            "user_tower": {"item_vectors": ["batch", n, d, "float32"], "mask": ["batch", n, "bool"],
+                           "alignment": "most recent click at column N-1; padding masked out"},
+        },
+        "output": "L2-normalized float32 (batch, dim); score = inner product",
+        "model_config": model.config,
+        "training": {"settings": cfg.model_dump(mode="json"), "best_epoch": t.best_epoch,
+                     "best_val_recall@10": t.best_val, "seconds": round(t.seconds, 1),
+                     "epochs": len(t.history)},
+        "data": t.data,
+        "evaluation": evaluation or {},
+        "files": {f: sha256_file(out_dir / f) for f in files},
+    }
+    (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    log.info("exported %s (d=%d, N=%d) to %s", meta["model_version"], d, n, out_dir)
+    return meta

@@ -1,0 +1,66 @@
+import os
+
+import pydantic
+import pytest
+
+from conf.settings import PROJECT_ROOT, Settings, load_settings, to_env, with_overrides
+
+
+def test_defaults_are_the_embedded_stack_on_loopback():
+    s = load_settings()
+    assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert (s.redis.host, s.flink.jobmanager_host) == ("127.0.0.1", "127.0.0.1")
+    assert s.flink.rest_url == f"http://127.0.0.1:{s.flink.rest_port}"
+    assert s.stack.run_dir == PROJECT_ROOT / ".run"  # relative paths resolve against the project
+
+
+def test_environment_overrides_nested_fields(monkeypatch):
+    monkeypatch.setenv("RECS_KAFKA__BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("RECS_KV__BACKEND", "aerospike")
+    monkeypatch.setenv("RECS_AEROSPIKE__HOSTS", '["as-1:3000", "as-2:3000"]')
+    monkeypatch.setenv("RECS_REDIS__PASSWORD", "s3cret")
+    s = load_settings()
+    assert s.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert (s.kv.backend, s.aerospike.hosts) == ("aerospike", ["as-1:3000", "as-2:3000"])
+    assert s.redis.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(s)  # secrets never show in logs
+
+
+def test_config_file_is_deep_merged_over_defaults(tmp_path, monkeypatch):
+    f = tmp_path / "prod.toml"
+    f.write_text('[flink]\njobmanager_host = "flink-jm"\n[kafka.topics]\nclicks = "prod.clicks"\n')
+    monkeypatch.setenv("RECS_CONFIG", str(f))
+    s = load_settings()
+    assert s.flink.rest_url == f"http://flink-jm:{s.flink.rest_port}"
+    assert s.kafka.topics.clicks == "prod.clicks"
+    assert s.kafka.topics.listings == "listings"  # untouched keys keep their defaults
+
+
+def test_missing_config_file_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("RECS_CONFIG", "/nonexistent.toml")
+    with pytest.raises(FileNotFoundError, match="RECS_CONFIG=/nonexistent.toml"):
+        load_settings()
+
+
+def test_settings_are_frozen_and_validated(monkeypatch):
+    s = load_settings()
+    with pytest.raises(pydantic.ValidationError):
+        s.redis.port = 1  # type: ignore[misc]
+    monkeypatch.setenv("RECS_REDIS__PORT", "70000")
+    with pytest.raises(pydantic.ValidationError, match="redis.port"):
+        load_settings()
+    monkeypatch.delenv("RECS_REDIS__PORT")
+    monkeypatch.setenv("RECS_FLINK__PYTHON_EXECUTION_MODE", "fast")
+    with pytest.raises(pydantic.ValidationError, match="'process' or 'thread'"):
+        load_settings()
+
+
+def test_to_env_rebuilds_the_same_settings(monkeypatch):
+    s = with_overrides(load_settings(), redis={"port": 7001, "password": "pw"},
+                       kafka={"bootstrap_servers": "10.0.0.1:9093"})
+    for key in [k for k in os.environ if k.startswith("RECS_")]:
+        monkeypatch.delenv(key)
+    for key, value in to_env(s).items():
+        monkeypatch.setenv(key, value)
+    assert load_settings() == s
+    assert isinstance(s, Settings)

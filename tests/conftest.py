@@ -1,0 +1,95 @@
+"""Shared fixtures. Integration fixtures start real services on free loopback ports, in a run
+folder of their own, so a developer's `make up` stack (default ports) is never touched.
+
+    test_settings   Settings with free ports and a temporary run folder (nothing started)
+    redis_settings  a real redis-server            -> conf.settings.RedisSettings
+    kafka_settings  a real Tansu broker + topics   -> conf.settings.KafkaSettings
+    stack_settings  broker + Redis + Flink cluster -> conf.settings.Settings
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conf.settings import PROJECT_ROOT, KafkaSettings, RedisSettings, Settings, load_settings, with_overrides
+from recs.stack import Broker, Flink, Redis, Stack, free_port
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def test_settings() -> Iterator[Settings]:
+    # Short path: Flink and Redis put sockets/pid files there.
+    run_dir = Path(tempfile.mkdtemp(prefix="recs-test-"))
+    base = load_settings()
+    settings = with_overrides(
+        base,
+        kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"},
+        redis={"port": free_port()},
+        flink={"rest_port": free_port(), "rpc_port": free_port(), "checkpoint_interval_ms": 2000},
+        stack={"run_dir": run_dir, "stack_dir": PROJECT_ROOT / ".stack", "ready_timeout_s": 60},
+        data={"data_dir": run_dir / "data"},
+    )
+    yield settings
+    leftovers = Stack(settings).leftovers()
+    Stack(settings).kill_leftovers()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    assert not leftovers, f"processes left behind by the tests: {leftovers}"
+
+
+def _service(svc: Broker | Redis | Flink) -> Iterator[None]:
+    svc.start()
+    try:
+        yield
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="session")
+def _redis(test_settings: Settings) -> Iterator[None]:
+    yield from _service(Redis(test_settings))
+
+
+@pytest.fixture(scope="session")
+def _broker(test_settings: Settings) -> Iterator[None]:
+    yield from _service(Broker(test_settings))
+
+
+@pytest.fixture(scope="session")
+def _flink(test_settings: Settings) -> Iterator[None]:
+    yield from _service(Flink(test_settings))
+
+
+@pytest.fixture(scope="session")
+def redis_settings(test_settings: Settings, _redis: None) -> RedisSettings:
+    return test_settings.redis
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(test_settings: Settings, _broker: None) -> KafkaSettings:
+    return test_settings.kafka
+
+
+@pytest.fixture(scope="session")
+def stack_settings(test_settings: Settings, _broker: None, _redis: None, _flink: None) -> Settings:
+    return test_settings
+
+
+@pytest.fixture()
+def redis_client(redis_settings: RedisSettings):  # type: ignore[no-untyped-def]
+    """A client on the test Redis, flushed after the test."""
+    import redis
+
+    client = redis.Redis(host=redis_settings.host, port=redis_settings.port, db=redis_settings.db)
+    yield client
+    client.flushdb()
+    client.close()
