@@ -72,14 +72,17 @@ lint: setup ## ruff + mypy
 
 bench-data: setup ## time `recs data synth` at 1 M and 10 M clicks (wall time, peak memory) -> bench/results/data.json
 	$(PY) bench/data.py
+	$(PY) bench/report.py
 
 bench-model: setup ## model quality (MovieLens, 3 seeds) and tower throughput -> bench/results/
 	$(PY) bench/model_quality.py
 	$(PY) bench/towers.py
+	$(PY) bench/report.py
 
 bench-serving: setup ## ANN recall/QPS vs peers and the read path under load -> bench/results/
 	$(PY) bench/ann.py
 	$(PY) bench/serve.py
+	$(PY) bench/report.py
 
 constraints: ## re-freeze constraints.txt from the current venv (after changing pyproject.toml)
 	@{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^recstream'; } > constraints.tmp

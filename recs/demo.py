@@ -81,6 +81,12 @@ def main(events: int = 50_000) -> None:
             break
         time.sleep(1)
     dlq = _read_topic(settings, settings.kafka.topics.clicks_dlq, len(MALFORMED))
+    job_metrics: dict[str, float] = {}
+    for _ in range(30):  # the REST metrics lag the records by a reporting interval
+        job_metrics = flink.metrics(settings, job_id)
+        if job_metrics.get("parse_clicks.recs.valid_records", 0) >= report.delivered:
+            break
+        time.sleep(1)
 
     log.info("6/6 results")
     ok = total == report.delivered and len(dlq) == len(MALFORMED)
@@ -88,7 +94,7 @@ def main(events: int = 50_000) -> None:
         "clicks_produced": report.delivered, "clicks_counted_in_redis": total,
         "users_in_redis": len(r.keys(f"{settings.kv.key_prefix}clicks:*")),
         "dead_letters": [{"field": d["field"], "reason": d["reason"]} for d in dlq],
-        "job_metrics": flink.metrics(settings, job_id),
+        "job_metrics": job_metrics,
         "ok": ok,
     }, indent=2))
     flink.cancel(settings, job_id)
