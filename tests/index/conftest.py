@@ -41,3 +41,25 @@ def unit_vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
 @pytest.fixture(name="unit_vectors")
 def _unit_vectors() -> Callable[..., np.ndarray]:
     return unit_vectors
+
+
+@pytest.fixture
+def index_server(make_index_settings):
+    """Factory: start a real gRPC index server on a free loopback port; stopped after the test.
+
+    ``index_server(kind="Flat", **settings)`` -> (IndexServer, address "127.0.0.1:PORT").
+    """
+    from index.ann import ItemIndex
+    from index.server import IndexServer
+
+    started: list[IndexServer] = []
+
+    def start(index: ItemIndex | None = None, **over: Any):
+        s = make_index_settings(**over)
+        server = IndexServer(s, index or ItemIndex(s)).start()
+        started.append(server)
+        return server, f"127.0.0.1:{server.port}"
+
+    yield start
+    for server in started:
+        server.stop(0)

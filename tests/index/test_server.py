@@ -1,0 +1,161 @@
+"""The gRPC service on loopback: answers like the in-process index, refuses every kind of bad
+request with a clear status and keeps serving, honours deadlines, retries and fans out."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from index.ann import InvalidRequest, ItemIndex, ModelVersionMismatch
+from index.client import GrpcIndexClient, IndexUnavailable, shard_of
+from index.proto import index_pb2 as pb
+from index.proto import index_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+def served(index_server, make_index_settings, unit_vectors):
+    s = make_index_settings(kind="Flat", max_batch=64, max_message_bytes=64 * 1024, max_k=100)
+    idx = ItemIndex(s)
+    x = unit_vectors(200)
+    idx.upsert([f"i{i}" for i in range(200)], x, categories=[f"c{i % 3}" for i in range(200)],
+               model_version="v1")
+    server, addr = index_server(idx, kind="Flat", max_batch=64, max_message_bytes=64 * 1024, max_k=100)
+    channel = grpc.insecure_channel(addr)
+    yield idx, x, addr, pb_grpc.IndexServiceStub(channel), s
+    channel.close()
+
+
+def test_search_and_batch_search_match_the_index(served):
+    idx, x, addr, stub, s = served
+    client = GrpcIndexClient(s, [[addr]])
+    assert client.search(x[3], 5) == idx.search_raw(x[3], 5)
+    got = client.search(x[:4], 5, filters={"category": ["c1"]})
+    assert [ids for ids, _ in got] == [ids for ids, _ in idx.search_raw(x[:4], 5, {"category": ["c1"]})]
+    assert client.lookup(["i1", "nope"]) == [True, False]
+    client.close()
+
+
+BAD = [
+    ("Search", pb.SearchRequest(vector=[0.1] * 8, k=5), "dimension 16"),
+    ("Search", pb.SearchRequest(vector=[float("nan")] * 16, k=5), "NaN"),
+    ("Search", pb.SearchRequest(vector=[0.1] * 16, k=0), "k must be"),
+    ("Search", pb.SearchRequest(vector=[0.1] * 16, k=101), "k must be"),
+    ("Search", pb.SearchRequest(vector=[0.1] * 16, k=5, filters=[pb.Filter(field="colour", values=["red"])]),
+     "unknown filter"),
+    ("Search", pb.SearchRequest(vector=[0.1] * 16, k=5, filters=[pb.Filter(field="category", values=[])]),
+     "category filter"),
+    ("Search", pb.SearchRequest(vector=[0.1] * 16, k=5, filters=[pb.Filter(field="status", values=["x"])] * 2),
+     "given twice"),
+    ("Search", pb.SearchRequest(vector=[0.1] * 16, k=5, ef_search=-1), "ef_search"),
+    ("Search", pb.SearchRequest(vector=[0.0] * 16, k=5), "all-zero"),
+    ("BatchSearch", pb.BatchSearchRequest(vectors=[0.1] * 32, dim=8, k=5), "dim: expected 16"),
+    ("BatchSearch", pb.BatchSearchRequest(vectors=[0.1] * 20, dim=16, k=5), "whole number"),
+    ("BatchSearch", pb.BatchSearchRequest(vectors=[0.1] * 16 * 65, dim=16, k=5), "65 queries, limit 64"),
+    ("Upsert", pb.UpsertRequest(items=[pb.Item(id="a", vector=[0.1] * 3)]), "dimension 16"),
+    ("Upsert", pb.UpsertRequest(items=[pb.Item(id="", vector=[0.1] * 16)]), "non-empty"),
+    ("Upsert", pb.UpsertRequest(items=[pb.Item(id="a", vector=[0.1] * 16, status="gone")]), "status"),
+    ("Upsert", pb.UpsertRequest(items=[pb.Item(id=f"a{i}", vector=[0.1] * 16) for i in range(65)]),
+     "65 items"),
+    ("Upsert", pb.UpsertRequest(items=[pb.Item(id="a", vector=[float("inf")] * 16)]), "infinity"),
+]
+
+
+@pytest.mark.parametrize(("method", "request_", "match"), BAD, ids=[f"{m}-{x}" for m, _, x in BAD])
+def test_bad_requests_get_invalid_argument_and_the_server_survives(served, method, request_, match):
+    idx, x, addr, stub, s = served
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(stub, method)(request_, timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert match in e.value.details()
+    assert list(stub.Search(pb.SearchRequest(vector=x[0].tolist(), k=1), timeout=5).ids) == ["i0"]
+    assert len(idx) == 200
+
+
+def test_other_failures_have_their_own_status(served):
+    idx, x, addr, stub, s = served
+    with pytest.raises(grpc.RpcError) as e:                          # invariant 1 over the wire
+        stub.Search(pb.SearchRequest(vector=x[0].tolist(), k=5, model_version="v2"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "'v1'" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:                          # over max_message_bytes
+        stub.BatchSearch(pb.BatchSearchRequest(vectors=[0.1] * 16 * 2000, dim=16, k=5), timeout=5)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError) as e:                          # a deadline nobody can meet
+        stub.Search(pb.SearchRequest(vector=x[0].tolist(), k=5), timeout=1e-6)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    client = GrpcIndexClient(s, [[addr]])
+    with pytest.raises(InvalidRequest, match="dimension"):
+        client.search(x[0, :4], 5)
+    with pytest.raises(ModelVersionMismatch):
+        client.search(x[0], 5, model_version="v9")
+    assert client.search(x[0], 1)[0][0] == ["i0"]
+
+
+def test_health_reports_serving_state(index_server):
+    server, addr = index_server(kind="Flat")
+    with grpc.insecure_channel(addr) as ch:
+        h = health_pb2_grpc.HealthStub(ch)
+        check = lambda name: h.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status  # noqa: E731
+        assert check("") == health_pb2.HealthCheckResponse.SERVING
+        assert check("recstream.index.v1.IndexService") == health_pb2.HealthCheckResponse.SERVING
+        server.set_serving(False)
+        assert check("") == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_client_retries_unavailable_on_the_next_replica(served, make_index_settings):
+    idx, x, addr, stub, s = served
+    dead = "127.0.0.1:1"                                          # nothing listens there
+    client = GrpcIndexClient(s.model_copy(update={"client_retries": 2, "client_deadline_ms": 2000}),
+                             [[dead, addr]])
+    for _ in range(4):                                             # round-robin starts on each
+        assert client.search(x[0], 1)[0][0] == ["i0"]
+    only_dead = GrpcIndexClient(s.model_copy(update={"client_retries": 1}), [[dead]])
+    with pytest.raises(IndexUnavailable, match="UNAVAILABLE"):
+        only_dead.search(x[0], 1)
+
+
+def test_fan_out_over_shards_merges_like_one_index(index_server, make_index_settings, unit_vectors):
+    x = unit_vectors(300, seed=5)
+    ids = [f"i{i}" for i in range(300)]
+    whole = ItemIndex(make_index_settings(kind="Flat"))
+    whole.upsert(ids, x)
+    addrs = [index_server(kind="Flat", shard_index=i, shard_count=3)[1] for i in range(3)]
+    client = GrpcIndexClient(make_index_settings(), [[a] for a in addrs])
+    assert client.upsert(ids, x) == 300                            # routed by crc32(id) % 3
+    sizes = [st.live for st in client.stats()]
+    assert sum(sizes) == 300 and all(n > 50 for n in sizes)
+    assert sizes[0] == sum(shard_of(i, 3) == 0 for i in ids)
+    q = unit_vectors(10, seed=6)
+    got = client.search(q, 10)
+    want = whole.search_raw(q, 10)
+    assert [g[0] for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-5)
+    assert client.delete(ids[:10]) == 10
+    assert not set(ids[:10]) & {i for row, _ in client.search(x[:10], 5) for i in row}
+
+
+def test_upsert_and_delete_are_visible_to_the_next_search(served):
+    idx, x, addr, stub, s = served
+    client = GrpcIndexClient(s, [[addr]])
+    v = -x[0]
+    client.upsert(["fresh"], v[None, :], categories=["c9"])
+    assert client.search(v, 1)[0][0] == ["fresh"]
+    client.delete(["fresh"])
+    assert "fresh" not in client.search(v, 10)[0][0]
+
+
+def test_metrics_endpoint(index_server, unit_vectors):
+    from recs.stores.local_redis import free_port
+
+    port = free_port()
+    server, addr = index_server(kind="Flat", metrics_port=port)
+    server.index.upsert(["a", "b"], unit_vectors(2))
+    server.index.delete(["a"])
+    GrpcIndexClient(server.settings, [[addr]]).search(unit_vectors(1)[0], 1)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'recs_index_items{replica="index-0"} 1.0' in body
+    assert 'recs_index_tombstones{replica="index-0"} 1.0' in body
+    assert 'recs_index_request_seconds_count{method="Search"}' in body
