@@ -1,4 +1,4 @@
-"""Store fixtures: a real redis-server on a free loopback port (one a session), a clean DB a test.
+"""Store fixtures. Redis: the session's real redis-server (``redis_settings``, tests/conftest.py).
 
 Aerospike: no server is installable here (DEPENDENCIES.md); tests run when AEROSPIKE_HOSTS
 (comma-separated host:port) points at one, and are reported as skipped otherwise.
@@ -7,19 +7,10 @@ Aerospike: no server is installable here (DEPENDENCIES.md); tests run when AEROS
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
 from conf import load_settings
-from conf.settings import RedisSettings
-from recs.stores.local_redis import LocalRedis
-
-
-@pytest.fixture(scope="session")
-def store_redis_settings() -> Iterator[RedisSettings]:
-    with LocalRedis() as settings:
-        yield settings
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ from recs.stores.redis_store import RedisStore
 
 
 @pytest.fixture(params=["redis", "aerospike"])
-def make_store(request, store_redis_settings, kv_settings):
+def make_store(request, redis_settings, kv_settings):
     made: list[EmbeddingStore] = []
 
     def make(**kv_over) -> EmbeddingStore:
         kv = kv_settings.model_copy(update=kv_over)
         if request.param == "redis":
-            store = RedisStore(store_redis_settings, kv)
+            store = RedisStore(redis_settings, kv)
             store.client.flushdb()
         else:
             from recs.stores.aerospike_store import AerospikeStore
@@ -114,8 +114,8 @@ def test_empty_batches_cost_nothing(make_store):
     assert store.get_users([]) == [] and store.put_users([]) == [] and store.get_items([]) == []
 
 
-def test_user_records_expire(store_redis_settings, kv_settings):
-    store = RedisStore(store_redis_settings, kv_settings.model_copy(update={"user_ttl_s": 30}))
+def test_user_records_expire(redis_settings, kv_settings):
+    store = RedisStore(redis_settings, kv_settings.model_copy(update={"user_ttl_s": 30}))
     store.put_users([user("ttl", 1)])
     store.put_items([ItemVector("ttl", vec(0), "v1", 1)])
     assert 0 < store.client.ttl(store.key("user", "ttl")) <= 30
