@@ -66,9 +66,10 @@ class KafkaSettings(_Section):
     client_timeout_s: float = Field(gt=0)
     topics: TopicSettings
 
-    def client_config(self) -> dict[str, str]:
+    def client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka-style config (confluent-kafka); secrets revealed only here, at the edge."""
-        cfg = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        cfg: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap_servers,
+                                                    "security.protocol": self.security_protocol}
         if self.sasl_mechanism:
             cfg["sasl.mechanism"] = self.sasl_mechanism
         if self.sasl_username:

@@ -50,7 +50,7 @@ def make_env(settings: Settings) -> StreamExecutionEnvironment:
 
 
 def _kafka_props(settings: Settings) -> dict[str, str]:
-    props = {"security.protocol": settings.kafka.security_protocol}
+    props: dict[str, str] = {"security.protocol": settings.kafka.security_protocol}
     k = settings.kafka
     if k.sasl_mechanism:
         props["sasl.mechanism"] = k.sasl_mechanism

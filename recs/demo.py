@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
-from conf import load_settings
+import redis
+
+from conf import Settings, load_settings
 from recs import flink
 from recs.produce import produce
 from recs.stack import Broker, Stack
@@ -45,7 +48,10 @@ def main(events: int = 50_000) -> None:
     broker = Broker(settings)  # fresh topics: memory storage is emptied by a restart
     broker.stop()
     broker.start()
-    _redis(settings).delete(*(_redis(settings).keys(f"{settings.kv.key_prefix}clicks:*") or [b"-"]))
+    r = _redis(settings)
+    pattern = f"{settings.kv.key_prefix}clicks:*"
+    for key in list(r.scan_iter(match=pattern, count=1000)):
+        r.delete(key)
 
     log.info("2/6 synthetic data: %d clicks", events)
     from recs.data.synth import generate
@@ -68,11 +74,10 @@ def main(events: int = 50_000) -> None:
     log.info("    JobID %s", job_id)
 
     log.info("5/6 wait until Redis holds every click")
-    r = _redis(settings)
     deadline = time.monotonic() + 180
     total = 0
     while time.monotonic() < deadline:
-        keys = r.keys(f"{settings.kv.key_prefix}clicks:*")
+        keys = list(r.scan_iter(match=pattern, count=1000))
         pipe = r.pipeline()
         for k in keys:
             pipe.hget(k, "clicks")
@@ -92,7 +97,7 @@ def main(events: int = 50_000) -> None:
     ok = total == report.delivered and len(dlq) == len(MALFORMED)
     print(json.dumps({
         "clicks_produced": report.delivered, "clicks_counted_in_redis": total,
-        "users_in_redis": len(r.keys(f"{settings.kv.key_prefix}clicks:*")),
+        "users_in_redis": len(keys),
         "dead_letters": [{"field": d["field"], "reason": d["reason"]} for d in dlq],
         "job_metrics": job_metrics,
         "ok": ok,
@@ -103,15 +108,13 @@ def main(events: int = 50_000) -> None:
     print("demo ok. The stack is still running: `recs stack status`, `make down` to stop it.")
 
 
-def _redis(settings):  # type: ignore[no-untyped-def]
-    import redis
-
+def _redis(settings: Settings) -> redis.Redis:
     s = settings.redis
     return redis.Redis(host=s.host, port=s.port, db=s.db,
                        password=s.password.get_secret_value() if s.password else None)
 
 
-def _read_topic(settings, topic: str, expect: int, timeout_s: float = 30.0) -> list[dict]:  # type: ignore[no-untyped-def]
+def _read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
     """Read a topic from offset 0 of every partition (assign, no group: Tansu joins groups slowly)."""
     from confluent_kafka import Consumer, TopicPartition
 
@@ -119,12 +122,12 @@ def _read_topic(settings, topic: str, expect: int, timeout_s: float = 30.0) -> l
                   "enable.auto.commit": False})
     parts = settings.kafka.topics.partitions_of(topic)
     c.assign([TopicPartition(topic, p, 0) for p in range(parts)])
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
     while len(out) < expect and time.monotonic() < deadline:
         m = c.poll(0.5)
-        if m is not None and not m.error():
-            out.append(json.loads(m.value()))
+        if m is not None and not m.error() and m.value() is not None:
+            out.append(json.loads(m.value()))  # type: ignore[arg-type]
     c.close()
     return out
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import psutil
 
@@ -39,6 +40,21 @@ log = logging.getLogger(__name__)
 
 class StackError(RuntimeError):
     """A service could not be started or is misconfigured; the message says what to do."""
+
+
+class Service(Protocol):
+    """What the stack needs of each service (Broker, Redis, Flink below)."""
+
+    name: str
+    managed: bool  # False: an external address, reported but never started
+
+    @property
+    def address(self) -> str: ...
+    def healthy(self) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def pid(self) -> int | None: ...
+    def detail(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -138,7 +154,8 @@ def _terminate(pids: list[int], timeout: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def _spawn(cmd: list[str], log_file: Path, pid_file: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _spawn(cmd: list[str], log_file: Path, pid_file: Path,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -161,6 +178,7 @@ class Broker:
     """Tansu, a Kafka-protocol broker with memory storage: topics vanish when it stops."""
 
     name = "broker"
+    managed: bool
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
@@ -240,6 +258,7 @@ def create_topics(settings: Settings, names: list[str] | None = None) -> list[st
 # --------------------------------------------------------------------------------------------- redis
 class Redis:
     name = "redis"
+    managed: bool
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
@@ -252,7 +271,7 @@ class Redis:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def _client(self):  # type: ignore[no-untyped-def]
+    def _client(self) -> Any:
         import redis
 
         pw = self.s.redis.password.get_secret_value() if self.s.redis.password else None
@@ -304,6 +323,7 @@ class Flink:
     """A standalone cluster (one JobManager, one TaskManager) from the apache-flink package's scripts."""
 
     name = "flink"
+    managed: bool
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
@@ -330,9 +350,9 @@ class Flink:
         conf_dir = self.dir / "conf"
         conf_dir.mkdir(parents=True, exist_ok=True)
         src = flink_home() / "conf"
-        for f in src.iterdir():
-            if f.name != "config.yaml":
-                shutil.copy(f, conf_dir / f.name)
+        for path in src.iterdir():
+            if path.name != "config.yaml":
+                shutil.copy(path, conf_dir / path.name)
         cfg = yaml.safe_load((src / "config.yaml").read_text())
         f = self.f
         overlay = {
@@ -352,7 +372,7 @@ class Flink:
         (conf_dir / "workers").write_text(f"{self.host}\n")
         return conf_dir
 
-    def overview(self) -> dict | None:
+    def overview(self) -> dict[str, Any] | None:
         import json
         import urllib.request
 
@@ -416,7 +436,7 @@ class Flink:
                 f"slots free, {o.get('jobs-running')} job(s) running, flink {o.get('flink-version')}")
 
 
-def _deep_update(base: dict, overlay: dict) -> None:
+def _deep_update(base: dict[str, Any], overlay: dict[str, Any]) -> None:
     for k, v in overlay.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             _deep_update(base[k], v)
@@ -428,11 +448,12 @@ def _deep_update(base: dict, overlay: dict) -> None:
 class Stack:
     def __init__(self, settings: Settings, services: tuple[str, ...] = ("broker", "redis", "flink")) -> None:
         self.settings = settings
-        known = {"broker": Broker, "redis": Redis, "flink": Flink}
+        known: dict[str, type[Broker] | type[Redis] | type[Flink]] = {"broker": Broker, "redis": Redis,
+                                                                      "flink": Flink}
         unknown = set(services) - set(known)
         if unknown:
             raise StackError(f"unknown services {sorted(unknown)}; known: {sorted(known)}")
-        self.services = [known[name](settings) for name in services]
+        self.services: list[Service] = [known[name](settings) for name in services]
 
     def up(self) -> list[ServiceStatus]:
         for svc in self.services:

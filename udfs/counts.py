@@ -30,7 +30,7 @@ class CountClicks(KeyedProcessFunction):
         self.state = runtime_context.get_state(
             ValueStateDescriptor("click_count", Types.TUPLE([Types.LONG(), Types.LONG()])))
 
-    def process_element(self, click: Click, ctx: KeyedProcessFunction.Context):  # type: ignore[override]
+    def process_element(self, click: Click, ctx: KeyedProcessFunction.Context):
         current = self.state.value()
         count = ClickCount(*current) if current else ClickCount()
         count = count.add(click)

@@ -37,7 +37,7 @@ class ParseEvents(ProcessFunction):
                 "record" if field == "$" else field.replace(".", "_"))
         counter.inc()
 
-    def process_element(self, value: bytes, ctx: ProcessFunction.Context):  # type: ignore[override]
+    def process_element(self, value: bytes, ctx: ProcessFunction.Context):
         try:
             record = self._parse(value, self.limits)
         except ContractError as e:

@@ -22,6 +22,8 @@ def synth(
     users: int = typer.Option(None, min=10, help="Users (default: events/40, 100..250k)."),
     days: float = typer.Option(30.0, min=0.01, help="Days the clicks span."),
     seed: int = typer.Option(None, help="Random seed (default: data.seed in settings)."),
+    produce: bool = typer.Option(False, "--produce", help="Then publish listings and clicks to Kafka."),
+    rate: float = typer.Option(0.0, min=0, help="With --produce: clicks per second (0 = as fast as possible)."),
 ) -> None:
     """Deterministic synthetic e-commerce clicks, listings and the users' true interests."""
     from recs.data.synth import SynthConfig, generate
@@ -33,6 +35,11 @@ def synth(
     t0 = time.perf_counter()
     counts = generate(out, cfg)
     typer.echo(json.dumps({"out": str(out), "seconds": round(time.perf_counter() - t0, 2), **counts}))
+    if produce:
+        from recs.produce import produce as do_produce
+
+        for kind, kind_rate in (("listing", 0.0), ("click", rate)):
+            typer.echo(json.dumps(do_produce(settings, kind, out, rate=kind_rate).as_dict()))
 
 
 @data_app.command("movielens")

@@ -5,19 +5,18 @@ from __future__ import annotations
 import typer
 
 from conf import load_settings
+from recs.stack import ServiceStatus, Stack
 
 stack_app = typer.Typer(help="Start, stop and check the local stack (broker, Redis, Flink).",
                         no_args_is_help=True)
 SERVICES = typer.Option("broker,redis,flink", help="Comma-separated services to act on.")
 
 
-def _stack(services: str):  # type: ignore[no-untyped-def]
-    from recs.stack import Stack
-
+def _stack(services: str) -> Stack:
     return Stack(load_settings(), tuple(s.strip() for s in services.split(",") if s.strip()))
 
 
-def _print(statuses) -> bool:  # type: ignore[no-untyped-def]
+def _print(statuses: list[ServiceStatus]) -> bool:
     for st in statuses:
         pid = f"pid {st.pid}" if st.pid else "-"
         typer.echo(f"{st.name:<7} {st.state:<9} {st.address:<24} {pid:<11} {st.detail}")

@@ -272,12 +272,12 @@ class Users:
             return [[CATEGORY_NAMES[c] for c in dict.fromkeys(r[:k])]
                     for r, k in zip(rows, self.n_interests, strict=True)]
 
-        drift = np.where(self.drift_ts == np.iinfo(np.int64).max, None, self.drift_ts)
+        drift = [None if t == np.iinfo(np.int64).max else int(t) for t in self.drift_ts]
         return pa.Table.from_pydict({
             "user_id": _ids("u", np.arange(len(self))),
             "interests": names(self.interests),
             "colour": [COLOUR_NAMES[c] for c in self.colour],
-            "drift_ts": pa.array(list(drift), type=pa.int64()),
+            "drift_ts": pa.array(drift, type=pa.int64()),
             "interests_after": names(self.after),
         }, schema=USER_SCHEMA)
 
