@@ -98,7 +98,9 @@ class _State:
     active: np.ndarray               # (cap,) bool
     live: np.ndarray                 # (cap,) bool: False = tombstone
     bits: np.ndarray                 # (cap/8,) uint8 bitmap of live & active (IDSelectorBitmap)
+    ts: np.ndarray                   # (cap,) int64 event time of the record behind the row (0 = none)
     ids: list[str] = field(default_factory=list)
+    removed: dict[str, int] = field(default_factory=dict)   # deleted id -> event time of the removal
     label_of: dict[str, int] = field(default_factory=dict)
     n: int = 0
     dead: int = 0
@@ -151,12 +153,15 @@ class ItemIndex:
             return ix, kind
         return faiss.IndexFlatIP(d), "Flat"
 
+    def _alloc(self, ix: Any, built: str, cap: int) -> _State:
+        return _State(index=ix, built_as=built, vecs=np.zeros((cap, self.dim), np.float32),
+                      cat=np.full(cap, -1, np.int32), active=np.zeros(cap, bool),
+                      live=np.zeros(cap, bool), bits=np.zeros(cap // 8 + 1, np.uint8),
+                      ts=np.zeros(cap, np.int64))
+
     def _empty_state(self, cap: int = 1024) -> _State:
         ix, built = self._new_faiss(self.settings.kind, 0)
-        return _State(index=self._to_device(ix, built), built_as=built,
-                      vecs=np.zeros((cap, self.dim), np.float32), cat=np.full(cap, -1, np.int32),
-                      active=np.zeros(cap, bool), live=np.zeros(cap, bool),
-                      bits=np.zeros(cap // 8 + 1, np.uint8))
+        return self._alloc(self._to_device(ix, built), built, cap)
 
     def _to_device(self, ix: Any, built: str) -> Any:
         if self._gpu_res is None or built == "HNSW":
@@ -193,18 +198,18 @@ class ItemIndex:
             hnsw.levels.push_back(int(lv))
             st.index.add(vecs[i:i + 1])
 
-    def _build_state(self, ids: list[str], vecs: np.ndarray, cat: np.ndarray,
-                     active: np.ndarray) -> _State:
+    def _build_state(self, ids: list[str], vecs: np.ndarray, cat: np.ndarray, active: np.ndarray,
+                     ts: np.ndarray | None = None, removed: dict[str, int] | None = None) -> _State:
         n = len(ids)
         ix, built = self._new_faiss(self.settings.kind, n)
         if built in ("IVFFlat", "IVFPQ"):
             rng = np.random.default_rng(0)
             sample = vecs if n <= 256 * ix.nlist else vecs[rng.choice(n, 256 * ix.nlist, replace=False)]
             ix.train(sample)
-        cap = max(1024, int(n * 1.25))
-        st = _State(index=ix, built_as=built, vecs=np.zeros((cap, self.dim), np.float32),
-                    cat=np.full(cap, -1, np.int32), active=np.zeros(cap, bool),
-                    live=np.zeros(cap, bool), bits=np.zeros(cap // 8 + 1, np.uint8))
+        st = self._alloc(ix, built, max(1024, int(n * 1.25)))
+        st.removed = dict(removed or {})
+        if ts is not None:
+            st.ts[:n] = ts
         st.vecs[:n] = vecs
         st.cat[:n] = cat
         st.active[:n] = active
@@ -256,13 +261,19 @@ class ItemIndex:
         return code
 
     def upsert(self, ids: Sequence[str], vectors: Any, categories: Sequence[str | None] | None = None,
-               statuses: Sequence[str] | None = None, model_version: str | None = None) -> int:
-        """Insert or replace items; returns the number applied. Later duplicates in a batch win."""
+               statuses: Sequence[str] | None = None, model_version: str | None = None,
+               event_ts: Sequence[int] | None = None) -> int:
+        """Insert or replace items; returns the number applied. Later duplicates in a batch win.
+
+        ``event_ts`` (the feeder passes the record times): an item whose stored record or removal
+        is newer is left alone, so a late, older record can never bring back a removed listing
+        (invariant 6) or an outdated vector. Without it every item is applied.
+        """
         ids = list(ids)
         x = self._check_vectors(vectors, "vectors") if ids else np.zeros((0, self.dim), np.float32)
         if len(x) != len(ids):
             raise InvalidRequest(f"{len(ids)} ids but {len(x)} vectors")
-        for name, seq in (("categories", categories), ("statuses", statuses)):
+        for name, seq in (("categories", categories), ("statuses", statuses), ("event_ts", event_ts)):
             if seq is not None and len(seq) != len(ids):
                 raise InvalidRequest(f"{len(ids)} ids but {len(seq)} {name}")
         if any(not isinstance(i, str) or not i for i in ids):
@@ -279,15 +290,17 @@ class ItemIndex:
         cats = np.array([self._category_code(categories[i]) if categories else -1 for i in keep],
                         dtype=np.int32)
         act = np.array([statuses[i] == "active" if statuses else True for i in keep], dtype=bool)
-        step = self.settings.write_chunk
+        ts = None if event_ts is None else np.array([event_ts[i] for i in keep], dtype=np.int64)
+        step, applied = self.settings.write_chunk, 0
         for a in range(0, len(ids), step):
-            op = ("u", ids[a:a + step], x[a:a + step], cats[a:a + step], act[a:a + step])
+            op = ("u", ids[a:a + step], x[a:a + step], cats[a:a + step], act[a:a + step],
+                  None if ts is None else ts[a:a + step])
             with self._lock.write():
-                self._apply(self._st, op)
+                applied += self._apply(self._st, op)
                 if self._pending is not None:
                     self._pending.append(op)
         self._maybe_compact()
-        return len(ids)
+        return applied
 
     def load_batch(self, ids: Sequence[str], vectors: Any, categories: Sequence[str | None] | None = None,
                    statuses: Sequence[str] | None = None, model_version: str | None = None) -> int:
@@ -312,15 +325,21 @@ class ItemIndex:
             self._filter_cache.clear()
         return len(ids)
 
-    def delete(self, ids: Sequence[str]) -> int:
-        """Remove items; unknown ids are ignored. Returns how many were present."""
+    def delete(self, ids: Sequence[str], event_ts: Sequence[int] | None = None) -> int:
+        """Remove items; unknown ids are ignored. Returns how many were present.
+
+        ``event_ts``: the removal is remembered with its time, and an item whose stored record is
+        newer than the removal is kept (a re-listing after the removal wins).
+        """
         ids = list(ids)
         if any(not isinstance(i, str) or not i for i in ids):
             raise InvalidRequest("item ids must be non-empty strings")
+        if event_ts is not None and len(event_ts) != len(ids):
+            raise InvalidRequest(f"{len(ids)} ids but {len(event_ts)} event_ts")
         removed = 0
         step = self.settings.write_chunk * 8    # a delete is cheap: a bit flip per id
         for a in range(0, len(ids), step):
-            op = ("d", ids[a:a + step])
+            op = ("d", ids[a:a + step], None if event_ts is None else list(event_ts[a:a + step]))
             with self._lock.write():
                 removed += self._apply(self._st, op)
                 if self._pending is not None:
@@ -331,14 +350,29 @@ class ItemIndex:
     def _apply(self, st: _State, op: tuple[Any, ...]) -> int:
         if op[0] == "d":
             n = 0
-            for item in op[1]:
-                label = st.label_of.pop(item, None)
+            for j, item in enumerate(op[1]):
+                label = st.label_of.get(item)
+                if op[2] is not None:
+                    t = int(op[2][j])
+                    if label is not None and st.ts[label] > t:
+                        continue                      # re-listed after this removal
+                    st.removed[item] = max(t, st.removed.get(item, t))
                 if label is not None:
+                    del st.label_of[item]
                     self._kill(st, label)
                     n += 1
             st.version += 1
             return n
-        _, ids, x, cats, act = op
+        _, ids, x, cats, act, ts = op
+        if ts is not None:                            # the event-time rule, per item
+            keep = [j for j, item in enumerate(ids) if ts[j] >= self._newest(st, item)]
+            if len(keep) < len(ids):
+                ids = [ids[j] for j in keep]
+                x, cats, act, ts = x[keep], cats[keep], act[keep], ts[keep]
+            for item in ids:
+                st.removed.pop(item, None)
+            if not ids:
+                return 0
         for item in ids:
             label = st.label_of.get(item)
             if label is not None:
@@ -351,6 +385,7 @@ class ItemIndex:
         st.cat[rows] = cats
         st.active[rows] = act
         st.live[rows] = True
+        st.ts[rows] = 0 if ts is None else ts
         self._faiss_add(st, x, n0, bulk=False)
         st.ids.extend(ids)
         for i, item in enumerate(ids):
@@ -361,6 +396,12 @@ class ItemIndex:
         st.n = n0 + m
         st.version += 1
         return m
+
+    @staticmethod
+    def _newest(st: _State, item: str) -> int:
+        label = st.label_of.get(item)
+        t = st.removed.get(item, -1)
+        return max(t, int(st.ts[label])) if label is not None else t
 
     @staticmethod
     def _kill(st: _State, label: int) -> None:
@@ -378,6 +419,7 @@ class ItemIndex:
         st.active = np.concatenate([st.active, np.zeros(cap - len(st.active), bool)])
         st.live = np.concatenate([st.live, np.zeros(cap - len(st.live), bool)])
         st.bits = np.concatenate([st.bits, np.zeros(cap // 8 + 1 - len(st.bits), np.uint8)])
+        st.ts = np.concatenate([st.ts, np.zeros(cap - len(st.ts), np.int64)])
 
     # ----------------------------------------------------------------------------- compaction
     def _needs_rebuild(self, st: _State) -> bool:
@@ -418,9 +460,10 @@ class ItemIndex:
                 st = self._st
                 rows = np.flatnonzero(st.live[: st.n])
                 ids = [st.ids[r] for r in rows]
-                vecs, cat, act = st.vecs[rows], st.cat[rows], st.active[rows]
+                vecs, cat, act, ts = st.vecs[rows], st.cat[rows], st.active[rows], st.ts[rows]
+                removed = dict(st.removed)
                 self._pending = []      # safe: no writer can run while we hold the read side
-            new = self._build_state(ids, vecs, cat, act)          # the slow part, no lock held
+            new = self._build_state(ids, vecs, cat, act, ts, removed)   # the slow part, no lock held
             while True:
                 with self._lock.write():
                     ops, self._pending = self._pending, []
@@ -618,8 +661,9 @@ class ItemIndex:
         meta = {"kind": self.settings.kind, "built_as": st.built_as, "dim": self.dim, "rows": n,
                 "dead": st.dead, "model_version": self.model_version,
                 "categories": list(self._category_names)}
+        meta["removed"] = dict(st.removed)
         arrays = {"vecs": st.vecs[:n], "cat": st.cat[:n], "active": st.active[:n],
-                  "live": st.live[:n]}
+                  "live": st.live[:n], "ts": st.ts[:n]}
         return meta, arrays, st.ids[:n], ix
 
     def reading(self) -> Any:
@@ -644,13 +688,13 @@ class ItemIndex:
         if faiss_index is None or meta["kind"] != settings.kind or faiss_index.ntotal != n:
             rows = np.flatnonzero(live)          # different kind or no index file: rebuild
             self._st = self._build_state([ids[r] for r in rows], arrays["vecs"][rows],
-                                         arrays["cat"][rows], arrays["active"][rows])
+                                         arrays["cat"][rows], arrays["active"][rows],
+                                         arrays["ts"][rows], meta["removed"])
             return self
-        cap = max(1024, int(n * 1.25))
-        st = _State(index=self._to_device(faiss_index, meta["built_as"]), built_as=meta["built_as"],
-                    vecs=np.zeros((cap, self.dim), np.float32), cat=np.full(cap, -1, np.int32),
-                    active=np.zeros(cap, bool), live=np.zeros(cap, bool),
-                    bits=np.zeros(cap // 8 + 1, np.uint8))
+        st = self._alloc(self._to_device(faiss_index, meta["built_as"]), meta["built_as"],
+                         max(1024, int(n * 1.25)))
+        st.ts[:n] = arrays["ts"]
+        st.removed = {k: int(v) for k, v in meta["removed"].items()}
         st.vecs[:n] = arrays["vecs"]
         st.cat[:n] = arrays["cat"]
         st.active[:n] = arrays["active"]

@@ -84,7 +84,7 @@ def test_other_failures_have_their_own_status(served):
         stub.BatchSearch(pb.BatchSearchRequest(vectors=[0.1] * 16 * 2000, dim=16, k=5), timeout=5)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     with pytest.raises(grpc.RpcError) as e:                          # a deadline nobody can meet
-        stub.Search(pb.SearchRequest(vector=x[0].tolist(), k=5), timeout=1e-6)
+        stub.Search(pb.SearchRequest(vector=x[0].tolist(), k=5), timeout=0)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     client = GrpcIndexClient(s, [[addr]])
     with pytest.raises(InvalidRequest, match="dimension"):
@@ -159,3 +159,25 @@ def test_metrics_endpoint(index_server, unit_vectors):
     assert 'recs_index_items{replica="index-0"} 1.0' in body
     assert 'recs_index_tombstones{replica="index-0"} 1.0' in body
     assert 'recs_index_request_seconds_count{method="Search"}' in body
+
+
+class _ExpiredContext:
+    """A servicer context whose deadline has passed (a request that waited in the queue too long)."""
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def abort(self, code, details):
+        raise RuntimeError(f"{code.name}: {details}")
+
+
+def test_server_skips_requests_whose_deadline_passed(make_index_settings, unit_vectors):
+    from index.server import IndexServicer
+
+    s = make_index_settings(kind="Flat")
+    idx = ItemIndex(s)
+    servicer = IndexServicer(idx, s)
+    with pytest.raises(RuntimeError, match="DEADLINE_EXCEEDED: deadline passed"):
+        servicer.Upsert(pb.UpsertRequest(items=[pb.Item(id="a", vector=unit_vectors(1)[0].tolist())]),
+                        _ExpiredContext())
+    assert len(idx) == 0                                            # nothing was applied
