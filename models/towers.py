@@ -96,6 +96,26 @@ class RecencyAttention(nn.Module):
         y = (att @ v).transpose(1, 2).reshape(B, N, D)               # (B, N, d)
         return self.proj(y)
 
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """Inference: only the query at column ``last`` (B,), i.e. forward(x, mask)[b, last[b]]
+        without computing the other N - 1 queries. (B, N, d) -> (B, d)."""
+        B, N, D = x.shape
+        w_q, w_kv = self.qkv.weight.split([D, 2 * D])
+        b_q, b_kv = self.qkv.bias.split([D, 2 * D])
+        k, v = F.linear(x, w_kv, b_kv).split(D, dim=2)               # (B, N, d) each
+        x_last = x.gather(1, last.view(B, 1, 1).expand(B, 1, D))     # (B, 1, d)
+        q = F.linear(x_last, w_q, b_q).view(B, 1, self.heads, self.hd).transpose(1, 2)  # (B, H, 1, hd)
+        k = k.view(B, N, self.heads, self.hd).transpose(1, 2)        # (B, H, N, hd)
+        v = v.view(B, N, self.heads, self.hd).transpose(1, 2)        # (B, H, N, hd)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(self.hd)         # (B, H, 1, N)
+        pos = torch.arange(N, device=x.device).view(1, N)
+        age = (last.view(B, 1) - pos).to(x.dtype)                     # (B, N) last - j
+        att = att - self.log_slope.exp().view(1, -1, 1, 1) * age.view(B, 1, 1, N)
+        allowed = (age >= 0) & (mask | (age == 0))                    # (B, N)
+        att = att.masked_fill(~allowed.view(B, 1, 1, N), -1e9).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, D)                  # (B, d)
+        return self.proj(y)
+
 
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, hidden: int, dropout: float) -> None:
@@ -109,13 +129,22 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.ln1(x), mask))
         return x + self.drop(self.ff(self.ln2(x)))
 
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """forward(x, mask)[b, last[b]] for inference: (B, N, d) -> (B, d)."""
+        B, _, D = x.shape
+        x_last = x.gather(1, last.view(B, 1, 1).expand(B, 1, D)).squeeze(1)  # (B, d)
+        y = x_last + self.attn.forward_last(self.ln1(x), mask, last)          # (B, d)
+        return y + self.ff(self.ln2(y))
+
 
 class UserTower(nn.Module):
     def __init__(self, dim: int, hidden: int, encoder: Literal["mean", "attention"],
                  heads: int = 2, layers: int = 1, max_len: int = 50, dropout: float = 0.0) -> None:
         super().__init__()
         self.encoder, self.max_len = encoder, max_len
-        self.inp = nn.Linear(dim, dim)
+        # mean: a linear map after pooling; attention: the item vectors enter the blocks as they
+        # are (a projection there would cost a (B, N, d) x (d, d) product per request)
+        self.inp = nn.Linear(dim, dim) if encoder == "mean" else nn.Identity()
         self.blocks = nn.ModuleList(
             [Block(dim, heads, hidden, dropout) for _ in range(layers)] if encoder == "attention"
             else [])
@@ -134,13 +163,20 @@ class UserTower(nn.Module):
         return l2norm(self.mlp(h))                                           # (B, N, d)
 
     def forward(self, item_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, N, d), (B, N) bool -> (B, d): the user vector after the last valid click."""
-        N = item_vecs.shape[1]
+        """(B, N, d), (B, N) bool -> (B, d): the user vector after the last valid click, i.e.
+        encode_all(...)[b, last valid column], computed for that column only (inference path)."""
+        B, N, D = item_vecs.shape
         pos = torch.arange(N, device=item_vecs.device).unsqueeze(0)          # (1, N)
         last = (pos * mask.to(pos.dtype)).amax(dim=1)                        # (B,)
-        h = self.encode_all(item_vecs, mask)                                 # (B, N, d)
-        idx = last.view(-1, 1, 1).expand(-1, 1, h.shape[-1])                 # (B, 1, d)
-        return h.gather(1, idx).squeeze(1)                                   # (B, d)
+        m = mask.to(item_vecs.dtype).unsqueeze(-1)                          # (B, N, 1)
+        if self.encoder == "mean":
+            h = (item_vecs * m).sum(1) / m.sum(1).clamp_min(1.0)            # (B, d)
+            return l2norm(self.mlp(self.inp(h)))                             # (B, d)
+        h = self.inp(item_vecs) * m                                          # (B, N, d)
+        for block in self.blocks[:-1]:
+            h = block(h, mask)                                               # (B, N, d)
+        h = self.blocks[-1].forward_last(h, mask, last)                      # (B, d)
+        return l2norm(self.mlp(h))                                           # (B, d)
 
 
 class TwoTower(nn.Module):
