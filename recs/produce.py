@@ -118,9 +118,9 @@ def produce(settings: Settings, kind: str, data_dir: Path, *, rate: float = 0.0,
                 if ahead > 0:
                     producer.poll(0)
                     time.sleep(ahead)
-            if i % 1000 == 0:
+            if (i + 1) % 1000 == 0:
                 producer.poll(0)
-                bar.update(1000 if i else 1)
+                bar.update(i + 1 - bar.n)
         remaining = producer.flush(settings.kafka.client_timeout_s * 3)
         bar.n = total
         bar.refresh()

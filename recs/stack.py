@@ -126,6 +126,11 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, proc_alive: Call
 
 
 def _tail(path: Path, lines: int = 15) -> str:
+    if path.is_dir():  # a folder of logs (Flink): the most recently written one
+        logs = sorted(path.glob("*.log"), key=lambda f: f.stat().st_mtime)
+        if not logs:
+            return f"(no log in {path})"
+        path = logs[-1]
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:

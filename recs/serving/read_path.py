@@ -1,0 +1,154 @@
+"""The backend read path, as a library function: what ``GET /recommendations/{user}`` and
+``recs recommend USER`` both call.
+
+    rp = ReadPath(store, index_client, settings.serve)
+    rp.recommend("u42", k=20)   # -> Recommendation(items, scores, source, model_version, reasons)
+
+Phases 2 and 3 (settings ``serve.phase``):
+    KV get user:{id} ─► index Search(emb, k * overfetch + extra, model_version = the user's)
+                     ─► drop already-clicked (the record's last-N) ─► top K        source "nrt"
+    no user embedding, or a fallback ─► precomputed recs:{id}                     source "offline"
+    nothing precomputed ─► trending                                                source "trending"
+Phase 1: precomputed list, else trending; no index call at all (lists are a day old by design).
+
+Rules
+- Invariant 1: the search carries the user's model_version; an index of another version refuses it
+  (FAILED_PRECONDITION) and the request falls back. It is counted
+  (``recs_serve_fallbacks_total{reason="model_version_mismatch"}``), never compared.
+- Invariant 6 (phases 2, 3): precomputed and trending lists are checked against the index
+  (``lookup``: live and active) before they are served, so a removed listing is dropped as soon
+  as the index has applied the removal. Index search results are live by construction. If the
+  index cannot be reached, lists cannot be checked: the request fails (``IndexUnavailable``)
+  rather than risk serving removed listings.
+- Every fallback and every dropped item is counted (Prometheus).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prometheus_client import Counter, Histogram
+
+from conf.settings import ServeSettings
+from index.ann import InvalidRequest, ModelVersionMismatch
+from index.client import IndexClient, IndexUnavailable
+from recs.stores.base import EmbeddingStore, RecsList
+
+log = logging.getLogger(__name__)
+
+Source = Literal["nrt", "offline", "trending"]
+
+REQUESTS = Counter("recs_serve_requests_total", "Recommendations served, by source", ["source"])
+FALLBACKS = Counter("recs_serve_fallbacks_total", "Requests that left the preferred path, by reason",
+                    ["reason"])
+DROPPED = Counter("recs_serve_dropped_items_total", "Candidates dropped before the top K", ["why"])
+LATENCY = Histogram("recs_serve_seconds", "Read path latency (KV + index + filtering)",
+                    buckets=(5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5))
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    user_id: str
+    items: list[str]
+    scores: list[float] | None
+    source: Source
+    model_version: str
+    fallbacks: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"user_id": self.user_id, "source": self.source, "model_version": self.model_version,
+                "items": [{"item_id": i, "score": None if self.scores is None else round(s, 6)}
+                          for i, s in zip(self.items, self.scores or [None] * len(self.items),
+                                          strict=True)],
+                "fallbacks": self.fallbacks}
+
+
+class ReadPath:
+    def __init__(self, store: EmbeddingStore, index: IndexClient | None, settings: ServeSettings) -> None:
+        if settings.phase >= 2 and index is None:
+            raise ValueError(f"phase {settings.phase} needs an index client")
+        self.store = store
+        self.index = index
+        self.settings = settings
+
+    def check_k(self, k: int | None) -> int:
+        k = self.settings.default_k if k is None else k
+        if not 1 <= k <= self.settings.max_k:
+            raise InvalidRequest(f"k must be in 1..{self.settings.max_k}, got {k}")
+        return k
+
+    def recommend(self, user_id: str, k: int | None = None) -> Recommendation:
+        t0 = time.perf_counter()
+        k = self.check_k(k)
+        fallbacks: list[str] = []
+        try:
+            rec = self._recommend(user_id, k, fallbacks)
+        finally:
+            LATENCY.observe(time.perf_counter() - t0)
+        REQUESTS.labels(rec.source).inc()
+        for reason in fallbacks:
+            FALLBACKS.labels(reason).inc()
+        return rec
+
+    def _recommend(self, user_id: str, k: int, fallbacks: list[str]) -> Recommendation:
+        clicked: set[str] = set()
+        if self.settings.phase >= 2:
+            assert self.index is not None
+            user = self.store.get_users([user_id])[0]
+            if user is None:
+                fallbacks.append("no_user_embedding")
+            else:
+                clicked = set(user.last_n)
+                fetch = min(math.ceil(k * self.settings.overfetch) + self.settings.extra_fetch,
+                            getattr(getattr(self.index, "settings", None), "max_k", 10**9))
+                try:
+                    (ids, scores), = self.index.search(
+                        user.embedding, fetch, model_version=user.model_version,
+                        timeout=self.settings.index_deadline_ms / 1000)
+                except ModelVersionMismatch:
+                    fallbacks.append("model_version_mismatch")
+                except IndexUnavailable:
+                    fallbacks.append("index_unavailable")
+                else:
+                    keep = [(i, s) for i, s in zip(ids, scores, strict=True) if i not in clicked]
+                    if len(keep) < len(ids):
+                        DROPPED.labels("clicked").inc(len(ids) - len(keep))
+                    if keep:
+                        keep = keep[:k]
+                        return Recommendation(user_id, [i for i, _ in keep], [s for _, s in keep],
+                                              "nrt", user.model_version, fallbacks)
+                    fallbacks.append("nothing_left_after_filtering")
+        offline = self.store.get_recs([user_id])[0]
+        if offline is not None:
+            items = self._checked(offline, clicked, k)
+            if items:
+                return Recommendation(user_id, items, None, "offline", offline.model_version, fallbacks)
+            fallbacks.append("offline_list_exhausted")
+        else:
+            fallbacks.append("no_offline_list")
+        trending = self.store.get_trending()
+        items = self._checked(trending, clicked, k) if trending else []
+        if not items:
+            fallbacks.append("no_trending")
+        return Recommendation(user_id, items, None, "trending",
+                              trending.model_version if trending else "", fallbacks)
+
+    def _checked(self, lst: RecsList, clicked: set[str], k: int) -> list[str]:
+        """Drop clicked items, and (phases 2, 3) items the index does not hold as live + active."""
+        cands = [i for i in lst.items if i not in clicked]
+        if len(cands) < len(lst.items):
+            DROPPED.labels("clicked").inc(len(lst.items) - len(cands))
+        if self.settings.phase >= 2 and cands:
+            assert self.index is not None
+            cands = cands[: max(4 * k, k + self.settings.extra_fetch)]
+            live = self.index.lookup(cands)     # IndexUnavailable propagates: fail closed
+            kept = [i for i, ok in zip(cands, live, strict=True) if ok]
+            if len(kept) < len(cands):
+                DROPPED.labels("removed_or_inactive").inc(len(cands) - len(kept))
+            cands = kept
+        return cands[:k]
+
