@@ -44,7 +44,7 @@ class IndexUnavailable(Exception):
 
 class IndexClient(Protocol):
     def search(self, vectors: Any, k: int, filters: Filters = None,
-               model_version: str | None = None) -> Results: ...
+               model_version: str | None = None, timeout: float | None = None) -> Results: ...
     def lookup(self, ids: Sequence[str]) -> list[bool]: ...
     def upsert(self, ids: Sequence[str], vectors: Any, categories: Sequence[str | None] | None = None,
                statuses: Sequence[str] | None = None, model_version: str | None = None) -> int: ...
@@ -59,8 +59,8 @@ class LocalIndexClient:
         self.index = index
 
     def search(self, vectors: Any, k: int, filters: Filters = None,
-               model_version: str | None = None) -> Results:
-        return self.index.search_raw(vectors, k, filters, model_version)
+               model_version: str | None = None, timeout: float | None = None) -> Results:
+        return self.index.search_raw(vectors, k, filters, model_version)   # in-process: no deadline
 
     def lookup(self, ids: Sequence[str]) -> list[bool]:
         return self.index.lookup(ids)

@@ -103,8 +103,7 @@ class ReadPath:
                 fallbacks.append("no_user_embedding")
             else:
                 clicked = set(user.last_n)
-                fetch = min(math.ceil(k * self.settings.overfetch) + self.settings.extra_fetch,
-                            getattr(getattr(self.index, "settings", None), "max_k", 10**9))
+                fetch = math.ceil(k * self.settings.overfetch) + self.settings.extra_fetch
                 try:
                     (ids, scores), = self.index.search(
                         user.embedding, fetch, model_version=user.model_version,

@@ -1,0 +1,119 @@
+"""Commands: ``recs index serve|stats|snapshot``, ``recs serve``, ``recs recommend USER``.
+
+    recs index serve                      # restore the latest snapshot, replay item_embeddings, serve gRPC
+    recs index serve --no-feed --kind Flat --port 50052
+    recs index stats                      # Stats of every replica in index.shards
+    recs serve                            # HTTP backend on serve.host:serve.port
+    recs recommend u42 --k 10             # the same read path, one call, JSON on stdout
+
+Settings are loaded here, at the edge, and passed into constructors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+
+import typer
+
+from conf.settings import Settings, load_settings, with_overrides
+
+log = logging.getLogger(__name__)
+
+index_app = typer.Typer(help="The ANN index service (FAISS over gRPC, fed from item_embeddings).",
+                        no_args_is_help=True)
+
+
+def _settings(**index: object) -> Settings:
+    s = load_settings()
+    over = {k: v for k, v in index.items() if v is not None}
+    return with_overrides(s, index=over) if over else s
+
+
+@index_app.command("serve")
+def index_serve(
+    kind: str = typer.Option(None, help="Flat | HNSW | IVFFlat | IVFPQ (default: index.kind)."),
+    port: int = typer.Option(None, help="gRPC port (default: index.port; 0 = any free port)."),
+    replica_id: str = typer.Option(None, help="Names this replica's snapshots (index.replica_id)."),
+    feed: bool = typer.Option(True, "--feed/--no-feed", help="Apply the item_embeddings topic."),
+    restore: bool = typer.Option(True, "--restore/--no-restore", help="Start from the latest snapshot."),
+) -> None:
+    """Serve the index over gRPC: restore snapshot -> replay topic -> SERVING; snapshot on exit."""
+    from index import snapshot
+    from index.ann import ItemIndex
+    from index.feeder import Feeder
+    from index.server import IndexServer
+
+    settings = _settings(kind=kind, port=port, replica_id=replica_id)
+    s = settings.index
+    restored = snapshot.load_latest(s) if restore else None
+    index, offsets = restored if restored else (ItemIndex(s), {})
+    feeder = Feeder(index, settings.kafka, s, offsets=offsets) if feed else None
+    server = IndexServer(s, index, extra_stats=feeder.stats if feeder else None)
+    server.start(serving=feeder is None)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = None
+    if feeder is not None:
+        thread = threading.Thread(target=feeder.run, args=(stop,), name="feeder", daemon=True)
+        thread.start()
+        while not stop.is_set() and not feeder.caught_up.wait(0.5):
+            pass
+        log.info("caught up with %s (%d records applied): SERVING", feeder.topic, feeder.applied)
+        server.set_serving(True)
+    typer.echo(f"index service on {s.host}:{server.port} ({len(index)} items)")
+    stop.wait()
+    log.info("stopping")
+    server.set_serving(False)
+    if thread is not None and feeder is not None:
+        thread.join(10)
+        feeder.save_snapshot()
+        feeder.close()
+    server.stop()
+
+
+@index_app.command("stats")
+def index_stats() -> None:
+    """Print Stats of every replica of every shard in index.shards."""
+    from google.protobuf.json_format import MessageToDict
+
+    from index.client import GrpcIndexClient
+
+    client = GrpcIndexClient(load_settings().index)
+    typer.echo(json.dumps([MessageToDict(s) for s in client.stats()], indent=1))
+
+
+def serve(
+    host: str = typer.Option(None, help="Bind address (default: serve.host)."),
+    port: int = typer.Option(None, help="Port (default: serve.port)."),
+) -> None:
+    """Run the HTTP backend: GET /recommendations/{user_id}?k=20, /healthz, /metrics."""
+    import uvicorn
+
+    from recs.serving import open_read_path
+    from recs.serving.app import create_app
+
+    settings = load_settings()
+    app = create_app(open_read_path(settings))
+    uvicorn.run(app, host=host or settings.serve.host, port=port or settings.serve.port,
+                log_level="warning", access_log=False)
+
+
+def recommend(
+    user_id: str = typer.Argument(..., help="The user to recommend for."),
+    k: int = typer.Option(None, "--k", help="How many items (default: serve.default_k)."),
+) -> None:
+    """Recommend for one user with the same read path as the HTTP backend; JSON on stdout."""
+    from recs.serving import open_read_path
+
+    rp = open_read_path(load_settings())
+    typer.echo(json.dumps(rp.recommend(user_id, k).as_dict(), indent=1))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(index_app, name="index")
+    app.command("serve")(serve)
+    app.command("recommend")(recommend)
