@@ -178,8 +178,32 @@ def _alive(pid: int) -> Callable[[], bool]:
     return check
 
 
+class _OneProcess:
+    """A service that is one process of ours, tracked by ``<dir>/<name>.pid``."""
+
+    name: str
+    dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        return _read_pid(self.pid_file)
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid:
+            _terminate([pid])
+        self.pid_file.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------------------- broker
-class Broker:
+class Broker(_OneProcess):
     """Tansu, a Kafka-protocol broker with memory storage: topics vanish when it stops."""
 
     name = "broker"
@@ -215,19 +239,9 @@ class Broker:
         _ensure_free(self.host, self.port, "RECS_KAFKA__BOOTSTRAP_SERVERS")
         url = f"tcp://{self.host}:{self.port}"
         proc = _spawn([str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                       "--storage-engine", "memory://tansu/"], self.dir / "broker.log", self.dir / "broker.pid")
-        _wait("broker (tansu)", self.healthy, self.s.stack.ready_timeout_s, _alive(proc.pid),
-              self.dir / "broker.log")
+                       "--storage-engine", "memory://tansu/"], self.log_file, self.pid_file)
+        _wait("broker (tansu)", self.healthy, self.s.stack.ready_timeout_s, _alive(proc.pid), self.log_file)
         create_topics(self.s)
-
-    def pid(self) -> int | None:
-        return _read_pid(self.dir / "broker.pid")
-
-    def stop(self) -> None:
-        pid = self.pid()
-        if pid:
-            _terminate([pid])
-        (self.dir / "broker.pid").unlink(missing_ok=True)
 
     def detail(self) -> str:
         try:
@@ -261,7 +275,7 @@ def create_topics(settings: Settings, names: list[str] | None = None) -> list[st
 
 
 # --------------------------------------------------------------------------------------------- redis
-class Redis:
+class Redis(_OneProcess):
     name = "redis"
     managed: bool
 
@@ -297,17 +311,8 @@ class Redis:
                "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
         if self.s.redis.password:
             cmd += ["--requirepass", self.s.redis.password.get_secret_value()]
-        proc = _spawn(cmd, self.dir / "redis.log", self.dir / "redis.pid")
-        _wait("redis", self.healthy, self.s.stack.ready_timeout_s, _alive(proc.pid), self.dir / "redis.log")
-
-    def pid(self) -> int | None:
-        return _read_pid(self.dir / "redis.pid")
-
-    def stop(self) -> None:
-        pid = self.pid()
-        if pid:
-            _terminate([pid])
-        (self.dir / "redis.pid").unlink(missing_ok=True)
+        proc = _spawn(cmd, self.log_file, self.pid_file)
+        _wait("redis", self.healthy, self.s.stack.ready_timeout_s, _alive(proc.pid), self.log_file)
 
     def detail(self) -> str:
         try:
