@@ -49,6 +49,9 @@ class TopicSettings(_Section):
     item_embeddings: str
     partitions: dict[str, int]
     replication_factor: int = Field(ge=1)
+    # Message keys (a contract field): decide partitioning, hence per-key ordering.
+    click_key: Literal["user_id", "item_id", "session_id"]
+    listing_key: Literal["item_id"]
 
     def all_names(self) -> list[str]:
         return [self.clicks, self.clicks_dlq, self.listings, self.listings_dlq, self.item_embeddings]

@@ -11,7 +11,8 @@ field order never matters, and a bool is never accepted where a number is expect
 of each event (``recs contracts schema``) is generated from the same field table, so the documented
 contract and the enforced one cannot drift apart.
 
-Keys on Kafka: clicks by ``user_id``, listings and item embeddings by ``item_id`` (``key_of``).
+Keys on Kafka (settings ``kafka.topics.click_key/listing_key``): clicks by ``user_id``, listings and
+item embeddings by ``item_id`` by default.
 """
 
 from __future__ import annotations
@@ -212,11 +213,6 @@ def parse_listing(raw: bytes | str | dict[str, Any], limits: ContractSettings,
 
 
 PARSERS = {"click": parse_click, "listing": parse_listing}
-
-
-def key_of(record: Click | Listing) -> str:
-    """The Kafka key of an event: user_id for clicks, item_id for listings."""
-    return record.user_id if isinstance(record, Click) else record.item_id
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def produce(settings: Settings, kind: str, data_dir: Path, *, rate: float = 0.0,
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `recs data synth` or `recs data movielens` first")
     parse = parse_click if kind == "click" else parse_listing
+    key_field = topics.click_key if kind == "click" else topics.listing_key
     report = ProduceReport(topic)
     total = pq.ParquetFile(path).metadata.num_rows
     total = min(total, limit) if limit is not None else total
@@ -104,7 +105,7 @@ def produce(settings: Settings, kind: str, data_dir: Path, *, rate: float = 0.0,
                 report.rejected += 1
                 report.rejected_by_field[e.field] = report.rejected_by_field.get(e.field, 0) + 1
                 continue
-            key = record.user_id if kind == "click" else record.item_id  # type: ignore[union-attr]
+            key = getattr(record, key_field) or ""
             while True:
                 try:
                     producer.produce(topic, value=record.to_json().encode(), key=key.encode(),
