@@ -14,8 +14,13 @@ too, so the wrapper's own cost is visible.
 Update figures (ours, HNSW): upserts/s and deletes/s through ItemIndex, and search p50/p99 while
 a steady stream of upserts is applied (and without, as the baseline).
 
-The HNSW index built here is saved as a snapshot under data/bench/ so bench/serve.py can restore
-it instead of building 1 M vectors again.
+Measurement: every engine is swept in interleaved rounds (all engines at every knob value, then
+again, ``--rounds``), each point keeping its best QPS, so a burst of load on the shared 2-core
+machine cannot penalise one engine alone.
+
+Builds (ours HNSW, hnswlib, usearch: minutes each at 1 M) are cached under data/bench/ with the
+seconds they took; a later run on the same data loads them (``--no-cache`` rebuilds). bench/serve.py
+restores ours from the same snapshot.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ from index.ann import ItemIndex
 log = logging.getLogger("bench.ann")
 ROOT = Path(__file__).resolve().parent.parent
 K = 10
-EF_SWEEP = [10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
-NPROBE_SWEEP = [4, 8, 16, 32, 64, 128, 256]
+EF_SWEEP = [10, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 96, 128, 256]
+NPROBE_SWEEP = [4, 8, 16, 32, 64, 128]
 
 
 def clustered(n: int, d: int, seed: int, centres: np.ndarray) -> np.ndarray:
@@ -79,84 +84,140 @@ def timed_queries(fn, q: np.ndarray, budget_s: float) -> tuple[list[np.ndarray],
     return out, len(out) / (time.perf_counter() - t_start), lat
 
 
-def point(name: str, knob: str, value: int, res, qps: float, gt: np.ndarray) -> dict[str, Any]:
-    r = recall(res, gt)
-    log.info("%-14s %s=%-4d recall@10=%.4f qps=%.0f", name, knob, value, r, qps)
-    return {knob: value, "recall@10": round(r, 4), "qps": round(qps, 1), "queries": len(res)}
+def _cached_build(name: str, cache: Path, build, save, load) -> tuple[Any, float, bool]:
+    """Build an index, or load it from ``cache`` (same data generator, same parameters).
 
-
-def bench_ours(kind: str, cfg, ids, x, q, gt, args, label_of: dict[str, int]) -> tuple[dict, ItemIndex]:
-    s = cfg.model_copy(update={"kind": kind, "train_min": 1})
-    faiss.omp_set_num_threads(args.build_threads)
-    idx = ItemIndex(s)
-    faiss.omp_set_num_threads(args.build_threads)     # ItemIndex sets 1 for serving
+    The build seconds are kept next to the file, so a cached run reports the real build time.
+    """
+    meta = cache.with_name(cache.name + ".json")
+    if meta.is_file() and (cache.exists()):
+        t0 = time.perf_counter()
+        ix = load(cache)
+        log.info("%s loaded from %s in %.1f s", name, cache, time.perf_counter() - t0)
+        return ix, json.loads(meta.read_text())["build_s"], True
     t0 = time.perf_counter()
-    idx.load_batch(ids, x, model_version="bench")
+    ix = build()
     build_s = time.perf_counter() - t0
+    log.info("%s built in %.1f s", name, build_s)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save(ix, cache)
+    meta.write_text(json.dumps({"build_s": round(build_s, 1)}))
+    return ix, build_s, False
+
+
+def build_ours(kind: str, cfg, ids, x, args, cache: Path | None) -> tuple[ItemIndex, float, bool]:
+    s = cfg.model_copy(update={"kind": kind, "train_min": 1})
+
+    def build() -> ItemIndex:
+        idx = ItemIndex(s)
+        faiss.omp_set_num_threads(args.build_threads)     # ItemIndex sets 1 for serving
+        idx.load_batch(ids, x, model_version="bench")
+        return idx
+
+    if cache is None:
+        t0 = time.perf_counter()
+        idx = build()
+        out = (idx, time.perf_counter() - t0, False)
+    else:
+        out = _cached_build(f"ours {kind}", cache, build,
+                            lambda ix, p: snapshot.save(ix, p, {}),
+                            lambda p: snapshot.load(snapshot.latest(p), s)[0])
     faiss.omp_set_num_threads(1)
-    log.info("ours %s built in %.1f s", kind, build_s)
-    knob, sweep = {"HNSW": ("ef_search", EF_SWEEP), "IVFFlat": ("nprobe", NPROBE_SWEEP),
-                   "IVFPQ": ("nprobe", NPROBE_SWEEP), "Flat": ("none", [0])}[kind]
-    points = []
-    budget = 2.0 if kind == "Flat" else args.budget_s
-    for v in sweep:
-        kw = {} if kind == "Flat" else {knob: v}
-
-        def fn(row, kw=kw):
-            return np.array([label_of[i] for i in idx.search_raw(row, K, **kw)[0][0]])
-
-        res, qps, _ = timed_queries(fn, q, budget)
-        points.append(point(f"ours-{kind}", knob, v, res, qps, gt[: len(res)]))
-    return {"build_s": round(build_s, 1), "knob": knob, "points": points}, idx
+    return out
 
 
-def bench_faiss_bare(idx: ItemIndex, q, gt, args) -> dict:
-    """The FAISS HNSW inside ours, called directly: the wrapper's overhead is the difference."""
-    fx = idx._st.index
-    points = []
-    for ef in EF_SWEEP:
-        p = faiss.SearchParametersHNSW(efSearch=ef)
-        res, qps, _ = timed_queries(lambda row, p=p: fx.search(row[None, :], K, params=p)[1][0], q,
-                                    args.budget_s)
-        points.append(point("faiss-bare", "ef_search", ef, res, qps, gt[: len(res)]))
-    return {"knob": "ef_search", "points": points}
-
-
-def bench_hnswlib(x, q, gt, cfg, args) -> dict:
+def build_hnswlib(x, cfg, args, cache: Path):
     import hnswlib
 
-    ix = hnswlib.Index(space="ip", dim=x.shape[1])
-    ix.init_index(max_elements=len(x), M=cfg.hnsw_m, ef_construction=cfg.ef_construction,
-                  random_seed=0)
-    ix.set_num_threads(args.build_threads)
-    t0 = time.perf_counter()
-    ix.add_items(x, np.arange(len(x)))
-    build_s = time.perf_counter() - t0
-    log.info("hnswlib built in %.1f s", build_s)
+    def build():
+        ix = hnswlib.Index(space="ip", dim=x.shape[1])
+        ix.init_index(max_elements=len(x), M=cfg.hnsw_m, ef_construction=cfg.ef_construction,
+                      random_seed=0)
+        ix.set_num_threads(args.build_threads)
+        ix.add_items(x, np.arange(len(x)))
+        return ix
+
+    def load(p: Path):
+        ix = hnswlib.Index(space="ip", dim=x.shape[1])
+        ix.load_index(str(p), max_elements=len(x))
+        return ix
+
+    ix, build_s, cached = _cached_build("hnswlib", cache, build, lambda ix, p: ix.save_index(str(p)),
+                                        load)
     ix.set_num_threads(1)
-    points = []
-    for ef in EF_SWEEP:
-        ix.set_ef(max(ef, K))
-        res, qps, _ = timed_queries(lambda row: ix.knn_query(row, k=K)[0][0], q, args.budget_s)
-        points.append(point("hnswlib", "ef_search", ef, res, qps, gt[: len(res)]))
-    return {"build_s": round(build_s, 1), "knob": "ef_search", "points": points}
+    return ix, build_s, cached
 
 
-def bench_usearch(x, q, gt, cfg, args) -> dict:
+def build_usearch(x, cfg, args, cache: Path):
     from usearch.index import Index
 
-    ix = Index(ndim=x.shape[1], metric="ip", dtype="f32", connectivity=cfg.hnsw_m,
-               expansion_add=cfg.ef_construction)
-    t0 = time.perf_counter()
-    ix.add(np.arange(len(x)), x, threads=args.build_threads)
-    build_s = time.perf_counter() - t0
-    log.info("usearch built in %.1f s", build_s)
-    points = []
-    for ef in EF_SWEEP:
-        ix.expansion_search = ef
-        res, qps, _ = timed_queries(lambda row: ix.search(row, K, threads=1).keys, q, args.budget_s)
-        points.append(point("usearch", "ef_search", ef, res, qps, gt[: len(res)]))
-    return {"build_s": round(build_s, 1), "knob": "ef_search", "points": points}
+    def new():
+        return Index(ndim=x.shape[1], metric="ip", dtype="f32", connectivity=cfg.hnsw_m,
+                     expansion_add=cfg.ef_construction)
+
+    def build():
+        ix = new()
+        ix.add(np.arange(len(x)), x, threads=args.build_threads)
+        return ix
+
+    def load(p: Path):
+        ix = new()
+        ix.load(str(p))
+        return ix
+
+    return _cached_build("usearch", cache, build, lambda ix, p: ix.save(str(p)), load)
+
+
+def searchers(kind: str, ix: Any, label_of: dict[str, int]) -> tuple[str, list[int], Any]:
+    """(knob name, sweep, fn(row, value) -> labels) for one engine, one query per call."""
+    if kind in ("ours-HNSW", "ours-IVFFlat", "ours-IVFPQ", "ours-Flat"):
+        knob, sweep = {"ours-HNSW": ("ef_search", EF_SWEEP), "ours-IVFFlat": ("nprobe", NPROBE_SWEEP),
+                       "ours-IVFPQ": ("nprobe", NPROBE_SWEEP), "ours-Flat": ("none", [0])}[kind]
+
+        def ours(row, v):
+            kw = {} if knob == "none" else {knob: v}
+            return np.array([label_of[i] for i in ix.search_raw(row, K, **kw)[0][0]])
+        return knob, sweep, ours
+    if kind == "faiss-bare-HNSW":
+        fx = ix._st.index
+        params = {ef: faiss.SearchParametersHNSW(efSearch=ef) for ef in EF_SWEEP}
+        return "ef_search", EF_SWEEP, lambda row, v: fx.search(row[None, :], K, params=params[v])[1][0]
+    if kind == "hnswlib":
+        def hnsw(row, v):
+            if ix.ef != max(v, K):
+                ix.set_ef(max(v, K))
+            return ix.knn_query(row, k=K)[0][0]
+        return "ef_search", EF_SWEEP, hnsw
+    if kind == "usearch":
+        def us(row, v):
+            if ix.expansion_search != v:
+                ix.expansion_search = v
+            return ix.search(row, K, threads=1).keys
+        return "ef_search", EF_SWEEP, us
+    raise ValueError(kind)
+
+
+def sweep(engines: dict[str, Any], q, gt, args, label_of) -> dict[str, list[dict[str, Any]]]:
+    """Interleaved rounds (every engine at every knob value, then again): each point keeps its
+    best QPS over the rounds, so a burst of load on the shared machine hurts no engine alone."""
+    plans = {name: searchers(name, ix, label_of) for name, ix in engines.items()}
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for rnd in range(args.rounds):
+        for name, (knob, values, fn) in plans.items():
+            budget = 2.0 if name == "ours-Flat" else args.budget_s
+            for v in values:
+                res, qps, _ = timed_queries(lambda row, v=v, fn=fn: fn(row, v), q, budget)
+                key = (name, v)
+                if key not in best:
+                    best[key] = {knob: v, "recall@10": round(recall(res, gt[: len(res)]), 4),
+                                 "qps": 0.0, "queries": len(res)}
+                best[key]["qps"] = round(max(best[key]["qps"], qps), 1)
+        log.info("round %d of %d done", rnd + 1, args.rounds)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (name, _v), p in best.items():
+        out.setdefault(name, []).append(p)
+        log.info("%-16s %s", name, p)
+    return out
 
 
 def best_qps(points: list[dict], target: float = 0.95) -> float | None:
@@ -253,15 +314,16 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--kinds", default="HNSW,IVFFlat,IVFPQ,Flat")
     ap.add_argument("--peers", default="hnswlib,usearch")
-    ap.add_argument("--budget-s", type=float, default=3.0, help="time per curve point")
+    ap.add_argument("--budget-s", type=float, default=1.0, help="time per curve point and round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best QPS kept")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="build every index (default: reuse data/bench/ builds of the same data)")
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--upserts", type=int, default=20_000)
     ap.add_argument("--deletes", type=int, default=50_000)
     ap.add_argument("--stream-rate", type=float, default=1000.0, help="upserts/s during the p99 test")
     ap.add_argument("--stream-s", type=float, default=10.0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/ann.json")
-    ap.add_argument("--snapshot", type=Path, default=None,
-                    help="where to save the HNSW index for bench/serve.py (default data/bench/ann-N)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -275,19 +337,31 @@ def main() -> None:
     label_of = {s: i for i, s in enumerate(ids)}
     log.info("data + ground truth in %.1f s", time.perf_counter() - t0)
 
-    curves: dict[str, Any] = {}
-    upd: dict[str, Any] = {}
-    for kind in args.kinds.split(","):
-        r, idx = bench_ours(kind, cfg, ids, x, q, gt, args, label_of)
-        curves[f"ours-{kind}"] = r
+    cache = ROOT / "data/bench"
+    engines: dict[str, Any] = {}
+    builds: dict[str, dict[str, Any]] = {}
+    kinds = args.kinds.split(",")
+    ours_hnsw = None
+    for kind in kinds:
+        c = cache / f"ann-{args.n}" if kind == "HNSW" and not args.no_cache else None
+        idx, build_s, cached = build_ours(kind, cfg, ids, x, args, c)
+        engines[f"ours-{kind}"] = idx
+        builds[f"ours-{kind}"] = {"build_s": round(build_s, 1), "cached": cached}
         if kind == "HNSW":
-            curves["faiss-bare-HNSW"] = bench_faiss_bare(idx, q, gt, args)
-            snap_dir = args.snapshot or ROOT / f"data/bench/ann-{args.n}"
-            snapshot.save(idx, snap_dir, {})
-            upd = updates(idx, ids, args.d, centres, q, args)
-        del idx
-    for peer in filter(None, args.peers.split(",")):
-        curves[peer] = {"hnswlib": bench_hnswlib, "usearch": bench_usearch}[peer](x, q, gt, cfg, args)
+            ours_hnsw = idx
+            engines["faiss-bare-HNSW"] = idx
+    peers = [p for p in args.peers.split(",") if p]
+    if "hnswlib" in peers:
+        ix, b, cached = build_hnswlib(x, cfg, args, cache / f"hnswlib-{args.n}.bin")
+        engines["hnswlib"], builds["hnswlib"] = ix, {"build_s": round(b, 1), "cached": cached}
+    if "usearch" in peers:
+        ix, b, cached = build_usearch(x, cfg, args, cache / f"usearch-{args.n}.usearch")
+        engines["usearch"], builds["usearch"] = ix, {"build_s": round(b, 1), "cached": cached}
+    faiss.omp_set_num_threads(1)
+    curves = {name: {"knob": next(iter(pts[0])),
+                     "points": pts, **builds.get(name, {})}
+              for name, pts in sweep(engines, q, gt, args, label_of).items()}
+    upd = updates(ours_hnsw, ids, args.d, centres, q, args) if ours_hnsw is not None else {}
 
     best = {name: best_qps(r["points"]) for name, r in curves.items()}
     ours = max((v for k, v in best.items() if k.startswith("ours-") and v), default=None)
