@@ -237,8 +237,6 @@ def milvus_backend(args: argparse.Namespace) -> None:
 
 
 def run_size(n: int, args: argparse.Namespace, base: Settings, redis_port: int) -> dict[str, Any]:
-    from index import snapshot
-    from index.ann import ItemIndex
     from index.client import GrpcIndexClient
     from recs.stores.local_redis import free_port
     from recs.stores.redis_store import RedisStore
@@ -272,22 +270,18 @@ def run_size(n: int, args: argparse.Namespace, base: Settings, redis_port: int) 
     store.put_trending(RecsList("", tuple(f"item-{j}" for j in range(200)), MODEL, 1))
     store.close()
 
-    # ours: restore the bench/ann.py snapshot when it matches, else build and snapshot here
+    # ours: the HNSW snapshot bench/ann.py caches for these vectors (built and cached here if absent)
+    from ann import build_ours
+
     ann_snap = ROOT / f"data/bench/ann-{n}"
     t0 = time.perf_counter()
-    if snapshot.latest(ann_snap) is not None:
-        (work / "ours").symlink_to(ann_snap.resolve(), target_is_directory=True)
-        how = f"restored from {ann_snap.relative_to(ROOT)}"
-    else:
-        import faiss
-
-        idx = ItemIndex(s.index)
-        faiss.omp_set_num_threads(2)
-        idx.load_batch([f"item-{i}" for i in range(n)], x, model_version=MODEL)
-        snapshot.save(idx, work / "ours", {})
-        del idx
-        how = "built here"
-    log.info("n=%d: ours index %s in %.1f s", n, how, time.perf_counter() - t0)
+    idx, build_s, cached = build_ours("HNSW", base.index, [f"item-{i}" for i in range(n)], x,
+                                      argparse.Namespace(build_threads=2), ann_snap)
+    del idx
+    (work / "ours").symlink_to(ann_snap.resolve(), target_is_directory=True)
+    how = f"{'restored from' if cached else 'built into'} {ann_snap.relative_to(ROOT)} " \
+          f"(build {build_s:.0f} s)"
+    log.info("n=%d: ours index %s, ready in %.1f s", n, how, time.perf_counter() - t0)
     env = {**os.environ, **to_env(s)}
     index_proc = subprocess.Popen([sys.executable, "-m", "recs.cli", "index", "serve", "--no-feed"],
                                   env=env, cwd=ROOT)
