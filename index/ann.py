@@ -47,6 +47,7 @@ from conf.settings import IndexSettings
 from index.rwlock import RWLock
 
 log = logging.getLogger(__name__)
+_F: Any = faiss    # the SearchParameters* classes take keyword arguments the bundled stubs do not know
 
 FILTER_FIELDS = ("category", "status")
 STATUSES = ("active", "inactive")
@@ -136,6 +137,7 @@ class ItemIndex:
     # ------------------------------------------------------------------------------- building
     def _new_faiss(self, kind: str, n_train: int) -> tuple[Any, str]:
         s, d = self.settings, self.dim
+        ix: Any
         if kind == "HNSW":
             ix = faiss.IndexHNSWFlat(d, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             ix.hnsw.efConstruction = s.ef_construction
@@ -553,13 +555,13 @@ class ItemIndex:
     def _params_for(self, st: _State, sel: Any, k: int, knobs: Mapping[str, int]) -> Any:
         if st.built_as == "HNSW":
             ef = max(int(knobs.get("ef_search", self.settings.ef_search)), k)
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if sel else \
-                faiss.SearchParametersHNSW(efSearch=ef)
+            return _F.SearchParametersHNSW(sel=sel, efSearch=ef) if sel else \
+                _F.SearchParametersHNSW(efSearch=ef)
         if st.built_as in ("IVFFlat", "IVFPQ"):
             nprobe = int(knobs.get("nprobe", self.settings.nprobe))
-            return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel else \
-                faiss.SearchParametersIVF(nprobe=nprobe)
-        return faiss.SearchParameters(sel=sel) if sel else None
+            return _F.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel else \
+                _F.SearchParametersIVF(nprobe=nprobe)
+        return _F.SearchParameters(sel=sel) if sel else None
 
     def check_k(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.settings.max_k:

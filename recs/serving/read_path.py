@@ -60,10 +60,10 @@ class Recommendation:
     fallbacks: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
+        scores: list[float | None] = [round(v, 6) for v in self.scores] if self.scores is not None \
+            else [None] * len(self.items)
         return {"user_id": self.user_id, "source": self.source, "model_version": self.model_version,
-                "items": [{"item_id": i, "score": None if self.scores is None else round(s, 6)}
-                          for i, s in zip(self.items, self.scores or [None] * len(self.items),
-                                          strict=True)],
+                "items": [{"item_id": i, "score": v} for i, v in zip(self.items, scores, strict=True)],
                 "fallbacks": self.fallbacks}
 
 

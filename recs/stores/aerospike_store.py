@@ -83,7 +83,7 @@ class AerospikeStore:
         out = []
         for br in res.batch_records:
             if br.result not in (0, FILTERED_OUT):
-                raise self._aerospike.exception.AerospikeError(
+                raise self._aerospike.exception.AerospikeError(  # type: ignore[attr-defined]
                     f"batch write of {br.key} failed with result code {br.result}")
             out.append(br.result == 0)
         return out
