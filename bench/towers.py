@@ -133,6 +133,36 @@ def plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def doc_section(res: dict) -> str:
+    """Markdown for docs/model.md (between the towers markers)."""
+    lines = ["| tower | " + " | ".join(f"batch {b}" for b in BATCHES) + " |",
+             "|---|" + "---|" * len(BATCHES)]
+    for dev in ("cpu", "gpu"):
+        if not res.get(dev):
+            continue
+        for tower in ("user_tower", "item_tower"):
+            cells = [f"{res[dev][tower][str(b)]:,.0f}/s ({res[dev]['latency_ms'][tower][str(b)]['p50']:.2f} ms)"
+                     for b in BATCHES]
+            lines.append(f"| {tower} ({dev}) | " + " | ".join(cells) + " |")
+    m = res["model"]
+    gpu = "no GPU on this machine" if not res.get("gpu") else "GPU rows from the CUDA provider"
+    return (f"ONNX Runtime {res['machine']['onnxruntime']}, {res['machine']['cpus']} CPU cores, "
+            f"{gpu}; model {m['model_version']} ({m['weights']}), d = {m['dim']}, "
+            f"N = {m['max_len']}, T = {m['max_tokens']} tokens. Embeddings per second "
+            f"(p50 latency per batch), from `bench/towers.py` -> `bench/results/towers.json`:\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def update_doc(res: dict, doc: Path) -> None:
+    start, end = "<!-- towers -->", "<!-- /towers -->"
+    if not doc.is_file() or start not in doc.read_text():
+        return
+    text = doc.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(head + start + "\n" + doc_section(res) + end + tail)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", type=Path, default=None)
@@ -164,6 +194,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     plot(res, args.out.with_suffix(".png"))
+    update_doc(res, ROOT / "docs" / "model.md")
     print(json.dumps({d: res[d] and {t: res[d][t] for t in ("user_tower", "item_tower")}
                       for d in ("cpu", "gpu")}, indent=2))
 
