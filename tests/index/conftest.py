@@ -63,3 +63,42 @@ def index_server(make_index_settings):
     yield start
     for server in started:
         server.stop(0)
+
+
+@pytest.fixture
+def kafka_topic(kafka_settings):
+    """Factory: a fresh topic with ``partitions`` partitions on the session broker -> its name."""
+    import uuid
+
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    def make(partitions: int) -> str:
+        name = f"item_embeddings.test.{uuid.uuid4().hex[:8]}"
+        admin = AdminClient(kafka_settings.client_config())
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(10)
+        return name
+
+    return make
+
+
+@pytest.fixture
+def produce(kafka_settings):
+    """``produce(topic, [(key, value | None), ...])`` -> next offset per partition, from the
+    delivery reports (never from the broker's high watermark)."""
+    from confluent_kafka import Producer
+
+    def send(topic: str, records: list[tuple[str, bytes | None]]) -> dict[int, int]:
+        ends: dict[int, int] = {}
+
+        def delivered(err, msg) -> None:
+            assert err is None, err
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+        p = Producer({**kafka_settings.client_config(), "linger.ms": 5})
+        for key, value in records:
+            p.produce(topic, key=key.encode(), value=value, on_delivery=delivered)
+            p.poll(0)
+        assert p.flush(30) == 0
+        return ends
+
+    return send

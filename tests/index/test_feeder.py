@@ -5,7 +5,6 @@ listing never comes back, not even from a late, older record)."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -16,33 +15,6 @@ from index.feeder import Feeder
 from recs.contracts import ItemEmbedding
 
 pytestmark = pytest.mark.integration
-
-
-def make_topic(kafka_settings, partitions: int) -> str:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    name = f"item_embeddings.test.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient(kafka_settings.client_config())
-    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(10)
-    return name
-
-
-def produce(kafka_settings, topic: str, records: list[tuple[str, bytes | None]]) -> dict[int, int]:
-    """Send keyed records; returns the next offset per partition (from delivery reports)."""
-    from confluent_kafka import Producer
-
-    ends: dict[int, int] = {}
-
-    def delivered(err, msg) -> None:
-        assert err is None, err
-        ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
-
-    p = Producer({**kafka_settings.client_config(), "linger.ms": 5})
-    for key, value in records:
-        p.produce(topic, key=key.encode(), value=value, on_delivery=delivered)
-        p.poll(0)
-    assert p.flush(30) == 0
-    return ends
 
 
 def feed_until(feeder: Feeder, ends: dict[int, int], timeout_s: float = 60) -> None:
@@ -74,12 +46,12 @@ def stream(d: int) -> tuple[list[tuple[str, bytes | None]], list[tuple[str, byte
 
 
 @pytest.mark.parametrize(("kind", "partitions"), [("Flat", 2), ("HNSW", 1), ("IVFFlat", 2)])
-def test_snapshot_plus_replay_answers_like_never_stopped(kafka_settings, make_index_settings,
-                                                         unit_vectors, kind, partitions):
+def test_snapshot_plus_replay_answers_like_never_stopped(kafka_settings, make_index_settings, kafka_topic,
+                                                         produce, unit_vectors, kind, partitions):
     s = make_index_settings(kind=kind, dim=16, ef_search=16, train_min=150, compaction_min_dead=10**6)
-    topic = make_topic(kafka_settings, partitions)
+    topic = kafka_topic(partitions)
     phase1, phase2, removed = stream(16)
-    ends1 = produce(kafka_settings, topic, phase1)
+    ends1 = produce(topic, phase1)
 
     never_stopped = Feeder(ItemIndex(s), kafka_settings, s, topic=topic)
     restarted = Feeder(ItemIndex(s), kafka_settings, s, topic=topic)
@@ -87,7 +59,7 @@ def test_snapshot_plus_replay_answers_like_never_stopped(kafka_settings, make_in
     path = restarted.save_snapshot()
     restarted.close()
 
-    ends2 = produce(kafka_settings, topic, phase2)
+    ends2 = produce(topic, phase2)
     ends = {p: max(ends1.get(p, 0), ends2.get(p, 0)) for p in set(ends1) | set(ends2)}
     index, offsets = snapshot.load(path, s)
     assert offsets[topic] == {p: o for p, o in ends1.items()}
@@ -114,13 +86,14 @@ def test_snapshot_plus_replay_answers_like_never_stopped(kafka_settings, make_in
     restored.close()
 
 
-def test_feeder_skips_bad_and_foreign_records_and_reports_lag(kafka_settings, make_index_settings):
+def test_feeder_skips_bad_and_foreign_records_and_reports_lag(kafka_settings, make_index_settings,
+                                                              kafka_topic, produce):
     s = make_index_settings(kind="Flat", model_version="v1")
-    topic = make_topic(kafka_settings, 1)
+    topic = kafka_topic(1)
     good = ItemEmbedding("a", np.ones(16, np.float32), "v1", "active", 1).encode()
     other = ItemEmbedding("b", np.ones(16, np.float32), "v2", "active", 1).encode()
     short = ItemEmbedding("c", np.ones(4, np.float32), "v1", "active", 1).encode()
-    ends = produce(kafka_settings, topic, [("a", good), ("b", other), ("c", short), ("d", b"{not json")])
+    ends = produce(topic, [("a", good), ("b", other), ("c", short), ("d", b"{not json")])
     feeder = Feeder(ItemIndex(s), kafka_settings, s, topic=topic)
     feed_until(feeder, ends)
     assert feeder.index.lookup(["a", "b", "c", "d"]) == [True, False, False, False]
