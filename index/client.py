@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conf.settings import IndexSettings
 from index.ann import InvalidRequest, ItemIndex, ModelVersionMismatch
+from index.metrics import CLIENT_RETRIES
 from index.proto import index_pb2 as pb
 from index.proto import index_pb2_grpc as pb_grpc
 
@@ -142,6 +143,7 @@ class GrpcIndexClient:
                     self._raise(e)
                 last = e
                 if attempt < self.settings.client_retries:
+                    CLIENT_RETRIES.labels(method).inc()
                     time.sleep(backoff)
                     backoff *= 2
         assert last is not None

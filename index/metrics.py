@@ -20,6 +20,8 @@ REQUEST_SECONDS = Histogram("recs_index_request_seconds", "Index RPC latency, se
                             ["method"], buckets=_BUCKETS)
 REQUESTS = Counter("recs_index_requests_total", "Index RPCs by outcome (gRPC status code)",
                    ["method", "code"])
+CLIENT_RETRIES = Counter("recs_index_client_retries_total",
+                         "Index client calls retried on UNAVAILABLE (next replica)", ["method"])
 FEEDER_RECORDS = Counter("recs_index_feeder_records_total",
                          "item_embeddings records by what the feeder did with them", ["outcome"])
 

@@ -110,8 +110,14 @@ def test_client_retries_unavailable_on_the_next_replica(served, make_index_setti
     dead = "127.0.0.1:1"                                          # nothing listens there
     client = GrpcIndexClient(s.model_copy(update={"client_retries": 2, "client_deadline_ms": 2000}),
                              [[dead, addr]])
+    from prometheus_client import REGISTRY
+
+    retries = lambda: REGISTRY.get_sample_value("recs_index_client_retries_total",  # noqa: E731
+                                                {"method": "Search"}) or 0.0
+    before = retries()
     for _ in range(4):                                             # round-robin starts on each
         assert client.search(x[0], 1)[0][0] == ["i0"]
+    assert retries() == before + 2                                 # every other call hit the dead one
     only_dead = GrpcIndexClient(s.model_copy(update={"client_retries": 1}), [[dead]])
     with pytest.raises(IndexUnavailable, match="UNAVAILABLE"):
         only_dead.search(x[0], 1)
