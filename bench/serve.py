@@ -79,6 +79,14 @@ class MilvusIndexClient:
             self.c.insert(self.name, [{"id": ids[i], "emb": x[i].tolist(), "active": True}
                                       for i in range(a, min(a + 5000, len(ids)))])
         self.c.flush(self.name)
+        deadline = time.monotonic() + 1800       # measure the HNSW, not a brute-force growing segment
+        while time.monotonic() < deadline:
+            info = self.c.describe_index(self.name, "emb")
+            if info.get("pending_index_rows", 0) == 0 and info.get("indexed_rows", 0) >= len(ids):
+                break
+            time.sleep(2)
+        else:
+            log.warning("milvus-lite index still pending: %s", info)
         self.c.load_collection(self.name)
 
     def search(self, vectors: Any, k: int, filters: Any = None, model_version: str | None = None,
