@@ -319,7 +319,7 @@ def run_size(n: int, args: argparse.Namespace, base: Settings, redis_port: int) 
         peer = subprocess.Popen([sys.executable, __file__, "--backend", "milvus", "--work", str(work),
                                  "--trials", str(args.trials)], env=env, cwd=ROOT)
         try:
-            wait_http(s.serve.port, peer, 3600)
+            wait_http(s.serve.port, peer, args.peer_timeout_s)
             log.info("n=%d: milvus-lite ready in %.1f s", n, time.perf_counter() - t0)
             levels = [http_load(s.serve.port, users, c, args.duration) for c in args.concurrency]
         finally:
@@ -369,6 +369,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--trials", type=int, default=30, help="visibility trials")
     ap.add_argument("--peers", default="milvus_lite")
+    ap.add_argument("--peer-timeout-s", type=float, default=1800, help="max wait for the peer's load")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/serve.json")
     ap.add_argument("--backend", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -386,7 +387,7 @@ def main() -> None:
     with LocalRedis() as redis_settings:
         for n in (int(v) for v in args.sizes.split(",")):
             sizes.append(run_size(n, args, base, redis_settings.port))
-    big = sizes[-1]
+    big = max(sizes, key=lambda r: r["n"])
     result = {
         "machine": {"cpus": os.cpu_count(), "note": "load generator, HTTP backend, Redis and the "
                     "index all on this machine"},
