@@ -28,17 +28,23 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def data_section(d: dict[str, Any]) -> list[str]:
     rows = ["**Synthetic data generation** (`make bench-data`, `bench/results/data.json`)", "",
-            "| clicks | wall s | clicks/s | peak RSS MB | Parquet MB |", "|---:|---:|---:|---:|---:|"]
+            "| catalogue | items | users | clicks | wall s | clicks/s | peak RSS MB | Parquet MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in d["runs"]:
-        rows.append(f"| {_fmt(r['events'])} | {_fmt(r['wall_s'], 1)} | {_fmt(r['events_per_s'])} | "
+        rows.append(f"| {r.get('catalogue', 'default')} | {_fmt(r['items'])} | {_fmt(r['users'])} | "
+                    f"{_fmt(r['events'])} | {_fmt(r['wall_s'], 1)} | {_fmt(r['events_per_s'])} | "
                     f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['parquet_mb'], 1)} |")
     return rows
 
 
 def model_section(d: dict[str, Any]) -> list[str]:
     models = d.get("models", {})
+    dataset = d.get("dataset", "")
+    if isinstance(dataset, dict):
+        dataset = (f"{dataset.get('dataset', '')} ({_fmt(dataset.get('clicks'))} clicks, "
+                   f"{_fmt(dataset.get('users'))} users)")
     metrics = ["recall@10", "recall@20", "recall@50", "ndcg@10", "mrr"]
-    rows = [f"**Model quality** (`make bench-model`, `bench/results/model_quality.json`): {d.get('dataset', '')}, "
+    rows = [f"**Model quality** (`make bench-model`, `bench/results/model_quality.json`): {dataset}, "
             f"{d.get('protocol', '')}, seeds {d.get('seeds', '')}", "",
             "| model | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for name, m in models.items():
