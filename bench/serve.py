@@ -322,13 +322,20 @@ def run_size(n: int, args: argparse.Namespace, base: Settings, redis_port: int) 
             wait_http(s.serve.port, peer, args.peer_timeout_s)
             log.info("n=%d: milvus-lite ready in %.1f s", n, time.perf_counter() - t0)
             levels = [http_load(s.serve.port, users, c, args.duration) for c in args.concurrency]
+        except (TimeoutError, RuntimeError) as e:
+            log.error("n=%d: milvus-lite not measured: %s", n, e)
+            result["milvus_lite"] = {"error": f"not measured: {e}"}
+            levels = []
         finally:
             stop(peer)
         for lv in levels:
             log.info("n=%d milvus_lite c=%d: %s", n, lv["concurrency"], lv)
-        result["milvus_lite"] = json.loads((work / "milvus.json").read_text())
-        result["milvus_lite"]["levels"] = levels
-        result["milvus_lite"]["max_rps_p99_under_10ms"] = max_rps_under(levels)
+        if levels:
+            result["milvus_lite"] = json.loads((work / "milvus.json").read_text())
+            result["milvus_lite"]["levels"] = levels
+            result["milvus_lite"]["max_rps_p99_under_10ms"] = max_rps_under(levels)
+        # a partial result survives a later failure or a stopped run
+        args.out.with_suffix(f".{n}.partial.json").write_text(json.dumps(result, indent=1))
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
