@@ -335,7 +335,7 @@ def run_size(n: int, args: argparse.Namespace, base: Settings, redis_port: int) 
             result["milvus_lite"]["levels"] = levels
             result["milvus_lite"]["max_rps_p99_under_10ms"] = max_rps_under(levels)
         # a partial result survives a later failure or a stopped run
-        args.out.with_suffix(f".{n}.partial.json").write_text(json.dumps(result, indent=1))
+        (ROOT / f"data/bench/serve-{n}.partial.json").write_text(json.dumps(result, indent=1))
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
