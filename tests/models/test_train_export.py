@@ -1,0 +1,133 @@
+"""Training, checkpoint, ONNX export, parity and the artifact loader's refusals, on the tiny
+synthetic model of conftest.py."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from models.artifact import ArtifactError, load_artifact
+from models.data import last_n, leave_last_out
+from models.evaluate import evaluate
+from models.export import export
+from models.tokenizer import encode
+from models.train import item_vectors, load_checkpoint
+
+
+def test_training_learns_something(trained, synth_ds):
+    """Validation recall of the kept weights is well above popularity on the same split."""
+    from models.baselines import Popularity
+
+    sp = leave_last_out(synth_ds)
+    pop = evaluate(Popularity(sp.train, synth_ds.n_items), sp.val_history, sp.val_target,
+                   synth_ds.n_items)["recall@10"]
+    assert trained.best_val == max(h["val_recall@10"] for h in trained.history)
+    assert trained.best_val > 1.5 * pop
+    assert trained.history[-1]["loss"] < trained.history[0]["loss"]
+
+
+def test_checkpoint_rebuilds_the_same_model(trained):
+    t2 = load_checkpoint(trained.settings.checkpoint_dir / "model.pt")
+    assert t2.settings == trained.settings
+    texts = ["Sava red cotton sundress", "new brand xyzzy"]
+    np.testing.assert_array_equal(item_vectors(t2.model, t2.tokenizer, texts),
+                                  item_vectors(trained.model, trained.tokenizer, texts))
+
+
+def test_onnx_parity_random_and_real_inputs(trained, artifact_dir, synth_ds):
+    art = load_artifact(artifact_dir, expect_dim=trained.settings.dim)
+    model, tok = trained.model.eval(), trained.tokenizer
+    # item tower: real catalogue texts and made-up ones
+    texts = synth_ds.texts[:300] + ["scarlett drss", "", "🙂 " * 40]
+    ids, mask = encode(tok, texts)
+    with torch.no_grad():
+        ref = model.item(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    np.testing.assert_allclose(art.embed_items(texts), ref, atol=1e-5, rtol=0)
+    # user tower, real: the item vectors of real click histories
+    items = art.embed_items(synth_ds.texts)
+    hist_ids, hist_mask = last_n(synth_ds.sequences[:200], art.max_len)
+    real = items[hist_ids]                                   # (B, N, d)
+    # user tower, random: random unit vectors and random masks (at least one click a row)
+    rng = np.random.default_rng(0)
+    rnd = rng.normal(size=(64, art.max_len, art.dim)).astype(np.float32)
+    rnd /= np.linalg.norm(rnd, axis=-1, keepdims=True)
+    rnd_mask = rng.random((64, art.max_len)) < 0.5
+    rnd_mask[:, -1] = True
+    for x, m in ((real, hist_mask), (rnd, rnd_mask)):
+        with torch.no_grad():
+            ref = model.user(torch.from_numpy(x), torch.from_numpy(m)).numpy()
+        out = art.embed_users(x, m)
+        assert out.dtype == np.float32 and out.shape == (len(x), art.dim)
+        np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_embed_users_pads_short_histories_and_refuses_empty_rows(artifact_dir):
+    art = load_artifact(artifact_dir)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, art.dim)).astype(np.float32)
+    m = np.ones((2, 3), bool)
+    padded = np.zeros((2, art.max_len, art.dim), np.float32)
+    padded[:, -3:] = x
+    pm = np.zeros((2, art.max_len), bool)
+    pm[:, -3:] = True
+    np.testing.assert_allclose(art.embed_users(x, m), art.embed_users(padded, pm), atol=1e-6)
+    m[1] = False
+    with pytest.raises(ValueError, match=r"rows \[1\] have no valid click"):
+        art.embed_users(x, m)
+    with pytest.raises(ValueError, match="item_vecs must be"):
+        art.embed_users(x[..., :5], np.ones((2, 3), bool))
+
+
+def test_metadata_describes_the_artifact(artifact_dir, trained):
+    meta = json.loads((artifact_dir / "metadata.json").read_text())
+    art = load_artifact(artifact_dir)
+    assert art.model_version == meta["model_version"] and art.model_version.startswith("tt-")
+    assert (art.dim, art.max_len) == (trained.settings.dim, trained.settings.max_len)
+    assert meta["data"]["items"] == trained.data["items"]
+    assert set(meta["files"]) == {"item_tower.onnx", "user_tower.onnx", "tokenizer.json"}
+
+
+def test_loader_refuses_wrong_dim_and_version(artifact_dir):
+    with pytest.raises(ArtifactError, match=r"dim mismatch: artifact has dim=32, caller expects dim=128"):
+        load_artifact(artifact_dir, expect_dim=128)
+    with pytest.raises(ArtifactError, match=r"model_version mismatch: .* caller expects 'tt-other'"):
+        load_artifact(artifact_dir, expect_version="tt-other")
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "art"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_loader_refuses_damaged_or_inconsistent_folders(artifact_dir, tmp_path, trained):
+    with pytest.raises(ArtifactError, match="no metadata.json"):
+        load_artifact(tmp_path)
+    bad = _copy(artifact_dir, tmp_path)
+    meta = json.loads((bad / "metadata.json").read_text())
+    # metadata claims another dimension than the graphs have (files untouched)
+    (bad / "metadata.json").write_text(json.dumps(meta | {"dim": 64}))
+    with pytest.raises(ArtifactError, match="metadata says"):
+        load_artifact(bad)
+    # a tower replaced by another export's file
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    (bad / "user_tower.onnx").write_bytes((bad / "item_tower.onnx").read_bytes())
+    with pytest.raises(ArtifactError, match="user_tower.onnx does not match its sha256"):
+        load_artifact(bad)
+    # another vocabulary
+    shutil.copy(artifact_dir / "user_tower.onnx", bad / "user_tower.onnx")
+    (bad / "metadata.json").write_text(json.dumps(meta | {"vocab_hash": "0" * 64}))
+    with pytest.raises(ArtifactError, match="vocabulary hash differs"):
+        load_artifact(bad)
+    (bad / "metadata.json").write_text(json.dumps(meta | {"format_version": 99}))
+    with pytest.raises(ArtifactError, match="format_version 99"):
+        load_artifact(bad)
+
+
+def test_export_is_reproducible(trained, artifact_dir, tmp_path):
+    meta = export(trained, tmp_path / "again")
+    assert meta["model_version"] == json.loads((artifact_dir / "metadata.json").read_text())[
+        "model_version"]
