@@ -69,7 +69,7 @@ def export(t: Trained, out_dir: Path, evaluation: dict[str, Any] | None = None) 
     model, cfg = t.model.eval(), t.settings
     n, d, tt = cfg.max_len, cfg.dim, cfg.max_tokens
     with torch.no_grad():
-        ids = torch.randint(2, model.config["vocab_size"], (2, tt))          # (2, T)
+        ids = torch.randint(2, int(model.config["vocab_size"]), (2, tt))          # (2, T)
         tmask = torch.ones(2, tt, dtype=torch.bool)                          # (2, T)
         _export(model.item, (ids, tmask), out_dir / ITEM_FILE, ["token_ids", "token_mask"],
                 "item_embedding")

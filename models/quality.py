@@ -161,8 +161,7 @@ def interest_recovery(ds: Dataset, split: Split, users: Any, trained: Trained,
     if item_colour is not None:
         rnd["colour_share@10"] = float(np.mean([(item_colour[active] == c).mean() for c in colours]))
     result["random"] = rnd
-    result["users"] = int(len(uidx))
-    return result
+    return {**result, "users": int(len(uidx))}
 
 
 def _colour_word(text: str) -> str:

@@ -27,7 +27,7 @@ for the last column. Written with plain ops so that ONNX export is exact.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -175,7 +175,8 @@ class UserTower(nn.Module):
         h = self.inp(item_vecs) * m                                          # (B, N, d)
         for block in self.blocks[:-1]:
             h = block(h, mask)                                               # (B, N, d)
-        h = self.blocks[-1].forward_last(h, mask, last)                      # (B, d)
+        final: Any = self.blocks[-1]  # a block of ModuleList; typed Any for forward_last
+        h = final.forward_last(h, mask, last)                                # (B, d)
         return l2norm(self.mlp(h))                                           # (B, d)
 
 

@@ -81,7 +81,7 @@ def item_vectors(model: TwoTower, tok: Tokenizer, texts: list[str], batch: int =
     for lo in range(0, len(texts), batch):
         ids, mask = encode(tok, texts[lo:lo + batch])                # (b, T), (b, T)
         out.append(model.item(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config["dim"]), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, int(model.config["dim"])), np.float32)
 
 
 def _windows(train: list[np.ndarray], n: int, rng: np.random.Generator) -> list[np.ndarray]:
