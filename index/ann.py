@@ -229,6 +229,10 @@ class ItemIndex:
     # --------------------------------------------------------------------------------- writes
     def _check_vectors(self, vectors: Any, what: str) -> np.ndarray:
         """(n, d) float32, finite, normalised; one pass (NaN and inf show up in the squared norm)."""
+        if type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.shape == (self.dim,):
+            sq = float(vectors @ vectors)            # the serving hot path: one query, one BLAS call
+            if math.isfinite(sq) and sq > 0:
+                return (vectors if abs(sq - 1.0) < 1e-6 else vectors / math.sqrt(sq))[None, :]
         try:
             x = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as e:
