@@ -132,11 +132,14 @@ def test_search_never_sees_half_applied_writes(make_index_settings, unit_vectors
     stop = threading.Event()
     errors: list[str] = []
 
+    rounds = [0]
+
     def writer() -> None:
         seed = 1
         while not stop.is_set():
             idx.upsert(ids, unit_vectors(n, seed=seed))
             seed += 1
+            rounds[0] += 1
 
     def reader() -> None:
         q = unit_vectors(4, seed=1000)
@@ -151,7 +154,12 @@ def test_search_never_sees_half_applied_writes(make_index_settings, unit_vectors
     for t in threads:
         t.start()
     import time
-    time.sleep(2.0)
+    # Run for at least 2 s, and on a starved CPU until the writer did a few rounds and a rebuild
+    # overlapped them (a fixed 2 s was flaky when the machine was busy).
+    start = time.monotonic()
+    while time.monotonic() - start < 60 and (time.monotonic() - start < 2.0 or rounds[0] < 3
+                                             or idx.compactions < 1):
+        time.sleep(0.1)
     stop.set()
     for t in threads:
         t.join()
