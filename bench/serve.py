@@ -246,7 +246,7 @@ def milvus_backend(args: argparse.Namespace) -> None:
 
 def run_size(n: int, args: argparse.Namespace, base: Settings, redis_port: int) -> dict[str, Any]:
     from index.client import GrpcIndexClient
-    from recs.stores.local_redis import free_port
+    from recs.stack import free_port
     from recs.stores.redis_store import RedisStore
 
     work = Path(tempfile.mkdtemp(prefix=f"recs-serve-{n}-", dir=ROOT / "data" / "bench"))
@@ -387,11 +387,11 @@ def main() -> None:
         return
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     (ROOT / "data" / "bench").mkdir(parents=True, exist_ok=True)
-    from recs.stores.local_redis import LocalRedis
+    from recs.stack import temporary_redis
 
     base = load_settings()
     sizes = []
-    with LocalRedis() as redis_settings:
+    with temporary_redis(base) as redis_settings:
         for n in (int(v) for v in args.sizes.split(",")):
             sizes.append(run_size(n, args, base, redis_settings.port))
     big = max(sizes, key=lambda r: r["n"])

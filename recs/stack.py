@@ -26,14 +26,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
 
-from conf.settings import Settings
+from conf.settings import RedisSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -527,3 +527,22 @@ class Stack:
             state = "healthy" if healthy else ("unhealthy" if pid else "down")
             out.append(ServiceStatus(svc.name, svc.address, state, pid, svc.detail() if healthy else ""))
         return out
+
+
+@contextlib.contextmanager
+def temporary_redis(settings: Settings) -> Iterator[RedisSettings]:
+    """A throwaway redis-server on a free loopback port in a temporary run folder, for benchmarks
+    and tools (tests use the session fixtures in tests/conftest.py). Gone when the block ends."""
+    import tempfile
+
+    from conf.settings import with_overrides
+
+    with tempfile.TemporaryDirectory(prefix="recs-redis-") as run_dir:
+        s = with_overrides(settings, redis={"host": "127.0.0.1", "port": free_port()},
+                           stack={"run_dir": run_dir})
+        redis = Redis(s)
+        redis.start()
+        try:
+            yield s.redis
+        finally:
+            redis.stop()
