@@ -19,6 +19,8 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
+    if isinstance(x, float) and x == 0:
+        return "0"
     if isinstance(x, float):
         return f"{x:,.{digits}f}" if abs(x) < 100 else f"{x:,.0f}"
     if isinstance(x, int):
@@ -64,7 +66,7 @@ def towers_section(d: dict[str, Any]) -> list[str]:
             rows.append(f"- {device}: not measured on this machine" if device == "gpu" else "- cpu: –")
             continue
         for tower, by_batch in dev.items():
-            if isinstance(by_batch, dict):
+            if isinstance(by_batch, dict) and tower.endswith("_tower"):
                 cells = ", ".join(f"batch {b}: {_fmt(v)}" for b, v in by_batch.items() if not isinstance(v, dict))
                 rows.append(f"- {device} {tower}: {cells}")
     return rows
@@ -83,10 +85,16 @@ def ann_section(d: dict[str, Any]) -> list[str]:
 
 
 def serve_section(d: dict[str, Any]) -> list[str]:
-    rows = ["**Read path** (`bench/results/serve.json`)", ""]
-    for key in ("max_rps_p99_under_10ms", "visibility_ms"):
-        if key in d:
-            rows.append(f"- {key}: `{json.dumps(d[key])}`")
+    at = f" at {_fmt(d['at_n'])} items" if "at_n" in d else ""
+    rows = [f"**Read path, HTTP → Redis → gRPC index over loopback{at}** (`bench/results/serve.json`)", "",
+            "| engine | max req/s with p99 < 10 ms | upsert visible p50 / p99 ms | delete visible p50 / p99 ms |",
+            "|---|---:|---:|---:|"]
+    rps, vis = d.get("max_rps_p99_under_10ms", {}), d.get("visibility_ms", {})
+    for name in rps:
+        v = vis.get(name, {})
+        up, de = v.get("upsert", {}), v.get("delete", {})
+        rows.append(f"| {name} | {_fmt(rps[name])} | {_fmt(up.get('p50'), 1)} / {_fmt(up.get('p99'), 1)} | "
+                    f"{_fmt(de.get('p50'), 1)} / {_fmt(de.get('p99'), 1)} |")
     return rows
 
 
