@@ -49,7 +49,8 @@ def _providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (export writes it, the loader checks it)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -167,7 +168,7 @@ def load_artifact(path: Path | str, *, expect_dim: int | None = None,
         f = path / name
         if not f.is_file():
             raise ArtifactError(f"{path}: file {name} listed in metadata is missing")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise ArtifactError(f"{path}: {name} does not match its sha256 in metadata.json "
                                 "(file replaced or damaged after export)")
     tok = configure(load_tokenizer(path / "tokenizer.json"), int(meta["max_tokens"]))

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.artifact import sha256_file
 from models.tokenizer import vocab_hash
 from models.train import Trained
 
@@ -38,14 +39,6 @@ FORMAT_VERSION = 1
 OPSET = 17
 ITEM_FILE, USER_FILE, TOKENIZER_FILE, METADATA_FILE = (
     "item_tower.onnx", "user_tower.onnx", "tokenizer.json", "metadata.json")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_version(t: Trained) -> str:
