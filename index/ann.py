@@ -128,6 +128,8 @@ class ItemIndex:
         self._category_names: list[str] = []
         self._pending: list[tuple[Any, ...]] | None = None   # writes during a rebuild
         self._compactor: threading.Thread | None = None
+        self._compactor_started = threading.Lock()
+        self._writes = threading.Lock()     # one writer at a time; a rebuild's final catch-up holds it
         self._filter_cache: dict[tuple[Any, ...], tuple[int, np.ndarray]] = {}
         self._params_cache: dict[tuple[Any, ...], Any] = {}
         self.compactions = 0
@@ -301,7 +303,7 @@ class ItemIndex:
         for a in range(0, len(ids), step):
             op = ("u", ids[a:a + step], x[a:a + step], cats[a:a + step], act[a:a + step],
                   None if ts is None else ts[a:a + step])
-            with self._lock.write():
+            with self._writes, self._lock.write():
                 applied += self._apply(self._st, op)
                 if self._pending is not None:
                     self._pending.append(op)
@@ -346,7 +348,7 @@ class ItemIndex:
         step = self.settings.write_chunk * 8    # a delete is cheap: a bit flip per id
         for a in range(0, len(ids), step):
             op = ("d", ids[a:a + step], None if event_ts is None else list(event_ts[a:a + step]))
-            with self._lock.write():
+            with self._writes, self._lock.write():
                 removed += self._apply(self._st, op)
                 if self._pending is not None:
                     self._pending.append(op)
@@ -441,7 +443,7 @@ class ItemIndex:
 
     def compact(self, wait: bool = True) -> None:
         """Rebuild from the live rows in a background thread and swap it in; ``wait`` joins it."""
-        with self._lock.write():
+        with self._lock.write(), self._compactor_started:
             if self._compactor is None:
                 self._compactor = threading.Thread(target=self._compact, name="index-compaction",
                                                    daemon=True)
@@ -451,7 +453,8 @@ class ItemIndex:
             t.join()
 
     def wait_compaction(self, timeout: float | None = None) -> None:
-        t = self._compactor
+        with self._compactor_started:     # never see a thread between its creation and start()
+            t = self._compactor
         if t is not None:
             t.join(timeout)
 
@@ -470,18 +473,35 @@ class ItemIndex:
                 removed = dict(st.removed)
                 self._pending = []      # safe: no writer can run while we hold the read side
             new = self._build_state(ids, vecs, cat, act, ts, removed)   # the slow part, no lock held
-            while True:
-                with self._lock.write():
-                    ops, self._pending = self._pending, []
-                    if len(ops) <= 4:
-                        for op in ops:
-                            self._apply(new, op)
-                        self._st = new                             # the swap
-                        self._pending = None
-                        self._filter_cache.clear()
-                        break
-                for op in ops:                                     # catch up outside the lock
-                    self._apply(new, op)
+            for attempt in range(4):
+                # Catch up with the writes made meanwhile, outside the lock. Under a steady write
+                # stream the backlog may never shrink to a few ops, so the last attempt pauses
+                # new writes (searches go on, on the old state) until the swap.
+                last = attempt == 3
+                if last:
+                    self._writes.acquire()
+                try:
+                    with self._lock.write():
+                        ops, self._pending = self._pending, []
+                        if len(ops) <= 4:
+                            for op in ops:
+                                self._apply(new, op)
+                            self._st = new                         # the swap
+                            self._pending = None
+                            self._filter_cache.clear()
+                            break
+                    for op in ops:
+                        self._apply(new, op)
+                    if last:
+                        with self._lock.write():                   # nothing new: writes are paused
+                            for op in self._pending:
+                                self._apply(new, op)
+                            self._st = new
+                            self._pending = None
+                            self._filter_cache.clear()
+                finally:
+                    if last:
+                        self._writes.release()
             self.compactions += 1
             self.last_compaction_s = time.perf_counter() - t0
             log.info("index rebuilt as %s: %d live rows (%d dead dropped) in %.2f s",
