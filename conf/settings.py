@@ -191,6 +191,8 @@ class IndexSettings(_Section):
     device: Literal["auto", "cpu", "gpu"]
     omp_threads: int = Field(ge=1)
     hnsw_m: int = Field(ge=4)
+    hnsw_storage: Literal["flat", "fp16"]
+    hnsw_reorder: bool
     ef_construction: int = Field(ge=8)
     ef_search: int = Field(ge=1)
     ivf_nlist: int = Field(ge=1)

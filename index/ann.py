@@ -22,6 +22,14 @@ Contract
   inserted one at a time, so two replicas that apply the same records in the same order build the
   same graph however the records were batched. That is what makes snapshot + replay answer exactly
   like a replica that never stopped (ARCHITECTURE.md invariant 4).
+- Memory layout (HNSW, the serving kind): the graph keeps its vectors in float16
+  (``hnsw_storage``; half the bytes a search touches, scores within ~1e-3 of float32), and a bulk
+  build or rebuild of at least 20,000 rows renumbers the rows by k-means cell and sub-cell
+  (``hnsw_reorder``),
+  so the nodes a search hops between sit near each other in memory. Rows appended later go at the
+  end until the next rebuild. FAISS's own arrays get the same spare capacity as ours when a state
+  is built or restored, so the first upsert after a restart or a rebuild does not reallocate a
+  gigabyte under the write lock.
 - IVF kinds need training: until ``train_min`` vectors exist they serve from an exact Flat index,
   then a rebuild trains the IVF and swaps it in.
 - GPU: with ``device = auto|gpu`` and a visible GPU, Flat/IVF kinds move to the GPU; GPU FAISS takes
@@ -48,8 +56,23 @@ from index.rwlock import RWLock
 
 log = logging.getLogger(__name__)
 _F: Any = faiss    # the SearchParameters* classes take keyword arguments the bundled stubs do not know
+_ptr = faiss.swig_ptr
+_INTEGER = (int, np.integer)
 
 FILTER_FIELDS = ("category", "status")
+REORDER_MIN_ROWS = 20_000   # below this the vectors fit in cache: a k-means pass would buy nothing
+LEAF_ROWS = 64              # rows per innermost cell of the locality order
+
+
+def _kmeans_cells(x: np.ndarray, k: int) -> np.ndarray:
+    """Spherical k-means cell of every row (trained on at most 32 rows a cell, seeded)."""
+    if k <= 1:
+        return np.zeros(len(x), np.int64)
+    km = faiss.Kmeans(x.shape[1], k, niter=8, seed=1234, spherical=True, max_points_per_centroid=32,
+                      min_points_per_centroid=1)
+    sample = x if len(x) <= 32 * k else x[np.random.default_rng(0).choice(len(x), 32 * k, replace=False)]
+    km.train(sample)
+    return km.index.search(x, 1)[1][:, 0]
 STATUSES = ("active", "inactive")
 
 
@@ -141,7 +164,10 @@ class ItemIndex:
         s, d = self.settings, self.dim
         ix: Any
         if kind == "HNSW":
-            ix = faiss.IndexHNSWFlat(d, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            if s.hnsw_storage == "fp16":
+                ix = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            else:
+                ix = faiss.IndexHNSWFlat(d, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             ix.hnsw.efConstruction = s.ef_construction
             ix.hnsw.efSearch = s.ef_search
             return ix, "HNSW"
@@ -162,6 +188,50 @@ class ItemIndex:
                       cat=np.full(cap, -1, np.int32), active=np.zeros(cap, bool),
                       live=np.zeros(cap, bool), bits=np.zeros(cap // 8 + 1, np.uint8),
                       ts=np.zeros(cap, np.int64))
+
+    @staticmethod
+    def _reserve(ix: Any, built: str, rows: int) -> None:
+        """Give FAISS's growing arrays room for ``rows`` rows now, so no later add reallocates.
+
+        FAISS sizes them exactly on a bulk add or a read; the next insert would then copy them all
+        (~0.5 s at 1 M) while holding the write lock. The SWIG vectors have no ``reserve``: a resize
+        up and back down leaves the capacity behind.
+        """
+        n = int(ix.ntotal)
+        if built == "HNSW" and n:
+            hnsw, codes = ix.hnsw, faiss.downcast_index(ix.storage).codes
+            per_node = hnsw.neighbors.size() / n
+            wants = [(codes, rows * codes.size() // n), (hnsw.levels, rows), (hnsw.offsets, rows + 1),
+                     (hnsw.neighbors, int(per_node * rows * 1.02) + 1024)]
+        elif built == "Flat" and n:
+            wants = [(ix.codes, rows * ix.codes.size() // n)]
+        else:
+            return                      # IVF lists grow one list at a time: no large copy
+        for vec, want in wants:
+            size = vec.size()
+            if want > size:
+                vec.resize(want)
+                vec.resize(size)
+
+    def _locality_order(self, vecs: np.ndarray) -> np.ndarray | None:
+        """Rows grouped by k-means cell, then by sub-cell of ~64 rows; None when not worth it.
+
+        A search walks from a node to its neighbours, which are mostly in the same cell: with the
+        cell's rows next to each other, those hops land on pages and cache lines already loaded.
+        Two levels (about 1,000 cells, each split into 64-row leaves) cost ~3 s at 1 M and beat one
+        flat level of 4,096 cells (bench/results/ann.json, docs/serving.md).
+        """
+        n = len(vecs)
+        if not self.settings.hnsw_reorder or n < REORDER_MIN_ROWS:
+            return None
+        top = _kmeans_cells(vecs, min(1024, n // 256))
+        order = np.argsort(top, kind="stable")
+        bounds = np.searchsorted(top[order], np.arange(top.max() + 2))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            if b - a > 2 * LEAF_ROWS:
+                rows = order[a:b]
+                order[a:b] = rows[np.argsort(_kmeans_cells(vecs[rows], (b - a) // LEAF_ROWS), kind="stable")]
+        return order.astype(np.int64)
 
     def _empty_state(self, cap: int = 1024) -> _State:
         ix, built = self._new_faiss(self.settings.kind, 0)
@@ -211,6 +281,17 @@ class ItemIndex:
             sample = vecs if n <= 256 * ix.nlist else vecs[rng.choice(n, 256 * ix.nlist, replace=False)]
             ix.train(sample)
         st = self._alloc(ix, built, max(1024, int(n * 1.25)))
+        if n and built == "HNSW":
+            self._faiss_add(st, vecs, 0, bulk=True)        # the graph, in the order given
+            order = self._locality_order(vecs)
+            if order is not None:                         # then renumber: new row i = old row order[i]
+                ix.permute_entries(order)
+                ids = [ids[i] for i in order]
+                vecs, cat, active = vecs[order], cat[order], active[order]
+                ts = None if ts is None else ts[order]
+        elif n:
+            self._faiss_add(st, vecs, 0, bulk=True)
+        self._reserve(ix, built, len(st.live))
         st.removed = dict(removed or {})
         if ts is not None:
             st.ts[:n] = ts
@@ -223,8 +304,6 @@ class ItemIndex:
         st.n = n
         st.selectable = int(active.sum())
         st.bits[: (n + 7) // 8] = np.packbits(st.active[:n], bitorder="little")
-        if n:
-            self._faiss_add(st, vecs, 0, bulk=True)
         st.index = self._to_device(st.index, built)
         return st
 
@@ -234,7 +313,9 @@ class ItemIndex:
         if type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.shape == (self.dim,):
             sq = float(vectors @ vectors)            # the serving hot path: one query, one BLAS call
             if math.isfinite(sq) and sq > 0:
-                return (vectors if abs(sq - 1.0) < 1e-6 else vectors / math.sqrt(sq))[None, :]
+                if abs(sq - 1.0) < 1e-6 and vectors.flags.c_contiguous:
+                    return vectors[None, :]
+                return (vectors / math.sqrt(sq))[None, :]
         try:
             x = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as e:
@@ -248,7 +329,7 @@ class ItemIndex:
             raise InvalidRequest(f"{what}: contains NaN or infinity (or values too large to square)")
         if not sq.all():
             raise InvalidRequest(f"{what}: contains an all-zero vector (no direction to compare)")
-        return x / np.sqrt(sq)[:, None]
+        return np.ascontiguousarray(x / np.sqrt(sq)[:, None])   # FAISS reads raw C-order rows
 
     def _check_version(self, model_version: str | None) -> None:
         if not model_version:
@@ -419,9 +500,10 @@ class ItemIndex:
             st.selectable -= 1
             st.bits[label >> 3] &= np.uint8(~(1 << (label & 7)) & 0xFF)
 
-    @staticmethod
-    def _grow(st: _State, need: int) -> None:
+    def _grow(self, st: _State, need: int) -> None:
         cap = max(need, 2 * len(st.live))
+        if self._gpu_res is None or st.built_as == "HNSW":
+            self._reserve(st.index, st.built_as, cap)
         st.vecs = np.concatenate([st.vecs, np.zeros((cap - len(st.vecs), st.vecs.shape[1]), np.float32)])
         st.cat = np.concatenate([st.cat, np.full(cap - len(st.cat), -1, np.int32)])
         st.active = np.concatenate([st.active, np.zeros(cap - len(st.active), bool)])
@@ -588,7 +670,7 @@ class ItemIndex:
         return _F.SearchParameters(sel=sel) if sel else None
 
     def check_k(self, k: int) -> int:
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.settings.max_k:
+        if isinstance(k, bool) or not isinstance(k, _INTEGER) or not 1 <= k <= self.settings.max_k:
             raise InvalidRequest(f"k must be an integer in 1..{self.settings.max_k}, got {k!r}")
         return int(k)
 
@@ -619,7 +701,10 @@ class ItemIndex:
                 return self._search_post_filter(st, q, k, f)
             bits = self._bitmap(st, f)
             params = self._params(st, bits, k, knobs)   # holds the selector, which holds bits
-            scores, labels = st.index.search(q, k, params=params)
+            nq = len(q)                                 # FAISS's own search(), minus its Python checks
+            scores = np.empty((nq, k), np.float32)
+            labels = np.empty((nq, k), np.int64)
+            st.index.search_c(nq, _ptr(q), k, _ptr(scores), _ptr(labels), params)
             del params
             ids = st.ids
         finally:
@@ -684,7 +769,8 @@ class ItemIndex:
         ix = st.index
         if self._gpu_res is not None and st.built_as != "HNSW":
             ix = faiss.index_gpu_to_cpu(ix)
-        meta = {"kind": self.settings.kind, "built_as": st.built_as, "dim": self.dim, "rows": n,
+        meta = {"kind": self.settings.kind, "built_as": st.built_as, "hnsw_storage": self.settings.hnsw_storage,
+                "dim": self.dim, "rows": n,
                 "dead": st.dead, "model_version": self.model_version,
                 "categories": list(self._category_names)}
         meta["removed"] = dict(st.removed)
@@ -711,14 +797,19 @@ class ItemIndex:
         self._categories = {c: i for i, c in enumerate(self._category_names)}
         n = int(meta["rows"])
         live = np.asarray(arrays["live"], bool)
-        if faiss_index is None or meta["kind"] != settings.kind or faiss_index.ntotal != n:
-            rows = np.flatnonzero(live)          # different kind or no index file: rebuild
+        storage = meta.get("hnsw_storage", "flat")     # snapshots before the setting: float32
+        same = meta["kind"] == settings.kind and (meta["built_as"] != "HNSW" or storage == settings.hnsw_storage)
+        if faiss_index is None or not same or faiss_index.ntotal != n:
+            rows = np.flatnonzero(live)          # different kind or storage, or no index file: rebuild
+            log.warning("snapshot index is %s/%s, settings say %s/%s: rebuilding it from the vectors",
+                        meta["kind"], storage, settings.kind, settings.hnsw_storage)
             self._st = self._build_state([ids[r] for r in rows], arrays["vecs"][rows],
                                          arrays["cat"][rows], arrays["active"][rows],
                                          arrays["ts"][rows], meta["removed"])
             return self
-        st = self._alloc(self._to_device(faiss_index, meta["built_as"]), meta["built_as"],
-                         max(1024, int(n * 1.25)))
+        cap = max(1024, int(n * 1.25))
+        self._reserve(faiss_index, meta["built_as"], cap)
+        st = self._alloc(self._to_device(faiss_index, meta["built_as"]), meta["built_as"], cap)
         st.ts[:n] = arrays["ts"]
         st.removed = {k: int(v) for k, v in meta["removed"].items()}
         st.vecs[:n] = arrays["vecs"]
