@@ -55,7 +55,7 @@ from conf.settings import IndexSettings
 from index.rwlock import RWLock
 
 log = logging.getLogger(__name__)
-_F: Any = faiss    # the SearchParameters* classes take keyword arguments the bundled stubs do not know
+_F: Any = faiss    # calls the bundled stubs type too narrowly (SearchParameters* keywords, downcasts)
 _ptr = faiss.swig_ptr
 _INTEGER = (int, np.integer)
 
@@ -165,7 +165,7 @@ class ItemIndex:
         ix: Any
         if kind == "HNSW":
             if s.hnsw_storage == "fp16":
-                ix = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+                ix = _F.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             else:
                 ix = faiss.IndexHNSWFlat(d, s.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             ix.hnsw.efConstruction = s.ef_construction
@@ -199,7 +199,7 @@ class ItemIndex:
         """
         n = int(ix.ntotal)
         if built == "HNSW" and n:
-            hnsw, codes = ix.hnsw, faiss.downcast_index(ix.storage).codes
+            hnsw, codes = ix.hnsw, _F.downcast_index(ix.storage).codes
             per_node = hnsw.neighbors.size() / n
             wants = [(codes, rows * codes.size() // n), (hnsw.levels, rows), (hnsw.offsets, rows + 1),
                      (hnsw.neighbors, int(per_node * rows * 1.02) + 1024)]
@@ -502,6 +502,7 @@ class ItemIndex:
 
     def _grow(self, st: _State, need: int) -> None:
         cap = max(need, 2 * len(st.live))
+        log.info("index row capacity %d -> %d (one copy of the arrays under the write lock)", len(st.live), cap)
         if self._gpu_res is None or st.built_as == "HNSW":
             self._reserve(st.index, st.built_as, cap)
         st.vecs = np.concatenate([st.vecs, np.zeros((cap - len(st.vecs), st.vecs.shape[1]), np.float32)])
@@ -564,7 +565,7 @@ class ItemIndex:
                     self._writes.acquire()
                 try:
                     with self._lock.write():
-                        ops, self._pending = self._pending, []
+                        ops, self._pending = self._pending or [], []
                         if len(ops) <= 4:
                             for op in ops:
                                 self._apply(new, op)
@@ -576,7 +577,7 @@ class ItemIndex:
                         self._apply(new, op)
                     if last:
                         with self._lock.write():                   # nothing new: writes are paused
-                            for op in self._pending:
+                            for op in self._pending or []:
                                 self._apply(new, op)
                             self._st = new
                             self._pending = None
