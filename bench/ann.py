@@ -7,9 +7,12 @@ Data: clustered synthetic vectors (a Gaussian mixture, 4,096 centres, L2-normali
 output) and 1,000 held-out queries from the same mixture; ground truth by exact inner product.
 For every index: recall@10 against exact search and single-thread QPS (one query per call, the
 way the server calls it) across its knob (efSearch for HNSW graphs, nprobe for IVF). Builds use
-all cores (2 here) for everyone. "ours" is the ItemIndex wrapper as served (validation,
-normalisation, tombstone-aware search, string ids), not bare FAISS; bare FAISS HNSW is reported
-too, so the wrapper's own cost is visible.
+all cores (2 here) for everyone, with the same M and efConstruction. "ours" is the ItemIndex
+wrapper as served (validation, normalisation, the read lock, tombstone-aware search, string ids)
+with the serving settings (HNSW vectors in float16, rows laid out by k-means cell: see
+docs/serving.md); the peers run as their libraries ship. The same FAISS index called directly is
+reported too (``faiss-bare-HNSW``), so the wrapper's own cost is visible. Only each engine's call is
+timed; mapping answers back to item numbers for recall happens afterwards.
 
 Update figures (ours, HNSW): upserts/s and deletes/s through ItemIndex, and search p50/p99 while
 a steady stream of upserts is applied (and without, as the baseline).
@@ -31,6 +34,7 @@ import logging
 import platform
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,7 @@ from index.ann import ItemIndex
 log = logging.getLogger("bench.ann")
 ROOT = Path(__file__).resolve().parent.parent
 K = 10
-EF_SWEEP = [10, 16, 20, 24, 28, 32, 36, 40, 48, 56, 64, 96, 128, 256]
+EF_SWEEP = [10, 16, 20, 24, 26, 28, 30, 32, 34, 36, 38, 40, 44, 48, 56, 64, 96, 128, 256]
 NPROBE_SWEEP = [4, 8, 16, 32, 64, 128]
 
 
@@ -168,18 +172,27 @@ def build_usearch(x, cfg, args, cache: Path):
     return _cached_build("usearch", cache, build, lambda ix, p: ix.save(str(p)), load)
 
 
-def searchers(kind: str, ix: Any, label_of: dict[str, int]) -> tuple[str, list[int], Any]:
-    """(knob name, sweep, fn(row, value) -> labels) for one engine, one query per call."""
+def ours_cache(n: int, cfg) -> Path:
+    """Where the HNSW build of ``n`` bench vectors is cached (bench/serve.py restores it too)."""
+    return ROOT / f"data/bench/ann-{n}-{cfg.hnsw_storage}{'-reordered' if cfg.hnsw_reorder else ''}"
+
+
+def searchers(kind: str, ix: Any) -> tuple[str, list[int], Any]:
+    """(knob name, sweep, fn(row, value) -> that engine's answer) for one engine, one query a call.
+
+    Only the engine's own work is timed: ours answers string ids (the product's ids, mapped from
+    FAISS labels inside the wrapper); turning them back into row numbers for recall happens later.
+    """
     if kind in ("ours-HNSW", "ours-IVFFlat", "ours-IVFPQ", "ours-Flat"):
         knob, sweep = {"ours-HNSW": ("ef_search", EF_SWEEP), "ours-IVFFlat": ("nprobe", NPROBE_SWEEP),
                        "ours-IVFPQ": ("nprobe", NPROBE_SWEEP), "ours-Flat": ("none", [0])}[kind]
 
         def ours(row, v):
             kw = {} if knob == "none" else {knob: v}
-            return np.array([label_of[i] for i in ix.search_raw(row, K, **kw)[0][0]])
+            return ix.search_raw(row, K, **kw)[0][0]
         return knob, sweep, ours
-    if kind == "faiss-bare-HNSW":
-        fx = ix._st.index
+    if isinstance(ix, Bare):            # a FAISS index called directly; labels mapped to items later
+        fx = ix.index
         params = {ef: faiss.SearchParametersHNSW(efSearch=ef) for ef in EF_SWEEP}
         return "ef_search", EF_SWEEP, lambda row, v: fx.search(row[None, :], K, params=params[v])[1][0]
     if kind == "hnswlib":
@@ -197,10 +210,57 @@ def searchers(kind: str, ix: Any, label_of: dict[str, int]) -> tuple[str, list[i
     raise ValueError(kind)
 
 
+@dataclass
+class Bare:
+    """A FAISS index searched directly, and the item number (row of x) behind each of its labels."""
+
+    index: Any
+    items: np.ndarray
+
+
+def bare_variants(idx: ItemIndex, label_of: dict[str, int], ablation: bool) -> dict[str, Bare]:
+    """Our HNSW graph called without the wrapper; with ``ablation`` also the same graph with
+    float32 storage and/or its rows in random (= build) order, so the file shows what each layout
+    choice buys. The graph is copied, not rebuilt: the variants differ only in storage and layout.
+    """
+    st = idx._st
+    items = np.array([label_of[i] for i in st.ids[: st.n]], np.int64)    # our rows are reordered
+    out = {"faiss-bare-HNSW": Bare(st.index, items)}
+    if not ablation:
+        return out
+    shuffle = np.random.default_rng(3).permutation(st.n).astype(np.int64)
+    m, d = idx.settings.hnsw_m, idx.dim
+    for storage in ("fp16", "float32"):
+        for order in ("cell order", "random order"):
+            if storage == "fp16" and order == "cell order":
+                continue                                                   # = faiss-bare-HNSW
+            fx = (faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT) if storage == "float32" else
+                  faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, m, faiss.METRIC_INNER_PRODUCT))
+            fx.storage.add(st.vecs[: st.n])
+            fx.hnsw = st.index.hnsw                                        # a copy of the graph
+            fx.ntotal = st.n
+            lab = items
+            if order == "random order":
+                fx.permute_entries(shuffle)
+                lab = items[shuffle]
+            out[f"ablation: bare {storage}, {order}"] = Bare(fx, lab)
+    return out
+
+
+def as_items(name: str, ix: Any, label_of: dict[str, int]) -> Any:
+    """Answer -> item numbers (the rows of x), to score recall; applied outside the timing."""
+    if name.startswith("ours-"):
+        return lambda res: np.array([label_of[i] for i in res], np.int64)
+    if isinstance(ix, Bare):
+        return lambda res: ix.items[res[res >= 0]]
+    return lambda res: np.asarray(res, np.int64)
+
+
 def sweep(engines: dict[str, Any], q, gt, args, label_of) -> dict[str, list[dict[str, Any]]]:
     """Interleaved rounds (every engine at every knob value, then again): each point keeps its
     best QPS over the rounds, so a burst of load on the shared machine hurts no engine alone."""
-    plans = {name: searchers(name, ix, label_of) for name, ix in engines.items()}
+    plans = {name: searchers(name, ix) for name, ix in engines.items()}
+    items = {name: as_items(name, ix, label_of) for name, ix in engines.items()}
     best: dict[tuple[str, int], dict[str, Any]] = {}
     for rnd in range(args.rounds):
         for name, (knob, values, fn) in plans.items():
@@ -209,7 +269,8 @@ def sweep(engines: dict[str, Any], q, gt, args, label_of) -> dict[str, list[dict
                 res, qps, _ = timed_queries(lambda row, v=v, fn=fn: fn(row, v), q, budget)
                 key = (name, v)
                 if key not in best:
-                    best[key] = {knob: v, "recall@10": round(recall(res, gt[: len(res)]), 4),
+                    found = [items[name](r) for r in res]
+                    best[key] = {knob: v, "recall@10": round(recall(found, gt[: len(res)]), 4),
                                  "qps": 0.0, "queries": len(res)}
                 best[key]["qps"] = round(max(best[key]["qps"], qps), 1)
         log.info("round %d of %d done", rnd + 1, args.rounds)
@@ -295,7 +356,8 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in result["curves"].items():
         pts = r["points"]
-        ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o", label=name)
+        ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o", label=name,
+                ls="--" if name.startswith("ablation") else "-", ms=3 if name.startswith("ablation") else 5)
     ax.axvline(0.95, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("recall@10")
     ax.set_ylabel("queries/s, one thread")
@@ -319,6 +381,8 @@ def main() -> None:
     ap.add_argument("--no-cache", action="store_true",
                     help="build every index (default: reuse data/bench/ builds of the same data)")
     ap.add_argument("--build-threads", type=int, default=2)
+    ap.add_argument("--no-ablation", dest="ablation", action="store_false",
+                    help="skip the float32 / random-order copies of our graph")
     ap.add_argument("--upserts", type=int, default=20_000)
     ap.add_argument("--deletes", type=int, default=50_000)
     ap.add_argument("--stream-rate", type=float, default=1000.0, help="upserts/s during the p99 test")
@@ -343,13 +407,13 @@ def main() -> None:
     kinds = args.kinds.split(",")
     ours_hnsw = None
     for kind in kinds:
-        c = cache / f"ann-{args.n}" if kind == "HNSW" and not args.no_cache else None
+        c = ours_cache(args.n, cfg) if kind == "HNSW" and not args.no_cache else None
         idx, build_s, cached = build_ours(kind, cfg, ids, x, args, c)
         engines[f"ours-{kind}"] = idx
         builds[f"ours-{kind}"] = {"build_s": round(build_s, 1), "cached": cached}
         if kind == "HNSW":
             ours_hnsw = idx
-            engines["faiss-bare-HNSW"] = idx
+            engines.update(bare_variants(idx, label_of, args.ablation))
     peers = [p for p in args.peers.split(",") if p]
     if "hnswlib" in peers:
         ix, b, cached = build_hnswlib(x, cfg, args, cache / f"hnswlib-{args.n}.bin")
@@ -371,7 +435,8 @@ def main() -> None:
         "data": "Gaussian mixture, 4096 centres, noise 1.0, L2-normalised",
         "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
                     "faiss": faiss.__version__},
-        "hnsw": {"M": cfg.hnsw_m, "ef_construction": cfg.ef_construction},
+        "hnsw": {"M": cfg.hnsw_m, "ef_construction": cfg.ef_construction,
+                 "ours_storage": cfg.hnsw_storage, "ours_reordered": cfg.hnsw_reorder},
         "ivf": {"nlist": cfg.ivf_nlist, "pq_m": cfg.pq_m, "pq_nbits": cfg.pq_nbits},
         "curves": curves,
         "best_qps_at_recall_0.95": {"ours": ours, "hnswlib": best.get("hnswlib"),

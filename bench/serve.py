@@ -279,9 +279,9 @@ def run_size(n: int, args: argparse.Namespace, base: Settings, redis_port: int) 
     store.close()
 
     # ours: the HNSW snapshot bench/ann.py caches for these vectors (built and cached here if absent)
-    from ann import build_ours
+    from ann import build_ours, ours_cache
 
-    ann_snap = ROOT / f"data/bench/ann-{n}"
+    ann_snap = ours_cache(n, base.index)
     t0 = time.perf_counter()
     idx, build_s, cached = build_ours("HNSW", base.index, [f"item-{i}" for i in range(n)], x,
                                       argparse.Namespace(build_threads=2), ann_snap)
