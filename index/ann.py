@@ -384,10 +384,7 @@ class ItemIndex:
         for a in range(0, len(ids), step):
             op = ("u", ids[a:a + step], x[a:a + step], cats[a:a + step], act[a:a + step],
                   None if ts is None else ts[a:a + step])
-            with self._writes, self._lock.write():
-                applied += self._apply(self._st, op)
-                if self._pending is not None:
-                    self._pending.append(op)
+            applied += self._write(op)
         self._maybe_compact()
         return applied
 
@@ -429,12 +426,17 @@ class ItemIndex:
         step = self.settings.write_chunk * 8    # a delete is cheap: a bit flip per id
         for a in range(0, len(ids), step):
             op = ("d", ids[a:a + step], None if event_ts is None else list(event_ts[a:a + step]))
-            with self._writes, self._lock.write():
-                removed += self._apply(self._st, op)
-                if self._pending is not None:
-                    self._pending.append(op)
+            removed += self._write(op)
         self._maybe_compact()
         return removed
+
+    def _write(self, op: tuple[Any, ...]) -> int:
+        """Apply one write chunk to the served state, and log it for a rebuild in progress."""
+        with self._writes, self._lock.write():
+            n = self._apply(self._st, op)
+            if self._pending is not None:
+                self._pending.append(op)
+            return n
 
     def _apply(self, st: _State, op: tuple[Any, ...]) -> int:
         if op[0] == "d":
@@ -545,6 +547,21 @@ class ItemIndex:
     def compacting(self) -> bool:
         return self._compactor is not None
 
+    def _catch_up(self, new: _State) -> bool:
+        """Replay the logged writes into ``new``; swap it in (True) when at most 4 were left."""
+        with self._lock.write():
+            ops, self._pending = self._pending or [], []
+            if len(ops) <= 4:
+                for op in ops:
+                    self._apply(new, op)
+                self._st = new                                     # the swap
+                self._pending = None
+                self._filter_cache.clear()
+                return True
+        for op in ops:
+            self._apply(new, op)
+        return False
+
     def _compact(self) -> None:
         t0 = time.perf_counter()
         try:
@@ -556,35 +573,16 @@ class ItemIndex:
                 removed = dict(st.removed)
                 self._pending = []      # safe: no writer can run while we hold the read side
             new = self._build_state(ids, vecs, cat, act, ts, removed)   # the slow part, no lock held
-            for attempt in range(4):
-                # Catch up with the writes made meanwhile, outside the lock. Under a steady write
-                # stream the backlog may never shrink to a few ops, so the last attempt pauses
-                # new writes (searches go on, on the old state) until the swap.
-                last = attempt == 3
-                if last:
-                    self._writes.acquire()
-                try:
-                    with self._lock.write():
-                        ops, self._pending = self._pending or [], []
-                        if len(ops) <= 4:
-                            for op in ops:
-                                self._apply(new, op)
-                            self._st = new                         # the swap
-                            self._pending = None
-                            self._filter_cache.clear()
-                            break
-                    for op in ops:
-                        self._apply(new, op)
-                    if last:
-                        with self._lock.write():                   # nothing new: writes are paused
-                            for op in self._pending or []:
-                                self._apply(new, op)
-                            self._st = new
-                            self._pending = None
-                            self._filter_cache.clear()
-                finally:
-                    if last:
-                        self._writes.release()
+            # Catch up with the writes made meanwhile, outside the lock, and swap once only a few
+            # are left. Under a steady write stream the backlog may never shrink that far, so after
+            # three rounds new writes pause (searches go on, on the old state) until the swap.
+            for _ in range(3):
+                if self._catch_up(new):
+                    break
+            else:
+                with self._writes:
+                    while not self._catch_up(new):
+                        pass
             self.compactions += 1
             self.last_compaction_s = time.perf_counter() - t0
             log.info("index rebuilt as %s: %d live rows (%d dead dropped) in %.2f s",

@@ -141,17 +141,19 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         def run() -> pb.DeleteResponse:
-            if len(request.ids) > self.settings.max_batch * 16:
-                raise InvalidRequest(f"{len(request.ids)} ids, limit {self.settings.max_batch * 16}")
-            return pb.DeleteResponse(deleted=self.index.delete(list(request.ids)))
+            return pb.DeleteResponse(deleted=self.index.delete(self._ids(request.ids)))
         return self._run("Delete", context, run)
 
     def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.LookupResponse:
         def run() -> pb.LookupResponse:
-            if len(request.ids) > self.settings.max_batch * 16:
-                raise InvalidRequest(f"{len(request.ids)} ids, limit {self.settings.max_batch * 16}")
-            return pb.LookupResponse(live=self.index.lookup(list(request.ids)))
+            return pb.LookupResponse(live=self.index.lookup(self._ids(request.ids)))
         return self._run("Lookup", context, run)
+
+    def _ids(self, ids: Any) -> list[str]:
+        """Ids of a Delete or Lookup (cheap per id: 16 x the batch limit of vector requests)."""
+        if len(ids) > self.settings.max_batch * 16:
+            raise InvalidRequest(f"{len(ids)} ids, limit {self.settings.max_batch * 16}")
+        return list(ids)
 
     def stats(self) -> dict[str, Any]:
         return {**self.index.stats(), "replica_id": self.settings.replica_id,
