@@ -23,11 +23,12 @@ import itertools
 import time
 import zlib
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Counter
 
 from conf.settings import IndexSettings
 from index.ann import InvalidRequest, ItemIndex, ModelVersionMismatch
@@ -37,6 +38,9 @@ from index.proto import index_pb2_grpc as pb_grpc
 
 Filters = Mapping[str, Collection[str]] | None
 Results = list[tuple[list[str], list[float]]]
+
+EMPTY_ANSWERS = Counter("recs_index_client_empty_answers_total",
+                        "Index calls that ended OK without a response message (retried)", ["method"])
 
 
 class IndexUnavailable(Exception):
@@ -114,7 +118,7 @@ class GrpcIndexClient:
 
     # ---------------------------------------------------------------------------- plumbing
     @staticmethod
-    def _raise(e: grpc.RpcError) -> None:
+    def _raise(e: grpc.RpcError) -> NoReturn:
         code, details = e.code(), e.details()
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             raise InvalidRequest(details) from None
@@ -124,30 +128,38 @@ class GrpcIndexClient:
 
     def _call(self, shard: _Shard, method: str, request: Any, timeout: float | None,
               first: Any = None, replica: int | None = None, order: list[int] | None = None) -> Any:
-        """One unary call with retries on UNAVAILABLE (next replica each time).
+        """One unary call with retries on UNAVAILABLE (next replica each time); never returns None.
 
         ``first``: a future already sent to ``order[0]``; ``replica``: that replica only.
+        A call that ends OK without a response message (grpc-python hands back ``None`` there
+        instead of raising, as other gRPC languages do; seen while a server is stopping) counts as
+        an UNAVAILABLE attempt. When every attempt failed, ``IndexUnavailable`` is raised.
         """
         if order is None:
             order = shard.order() if replica is None else [replica]
         backoff = self.settings.client_backoff_ms / 1000
-        last: grpc.RpcError | None = None
+        failure = "no attempt made"
         for attempt in range(self.settings.client_retries + 1):
             r = order[attempt % len(order)]
             try:
                 if attempt == 0 and first is not None:
-                    return first.result()
-                return getattr(shard.stubs[r], method)(request, timeout=timeout or self.timeout)
+                    answer = first.result()
+                else:
+                    answer = getattr(shard.stubs[r], method)(request, timeout=timeout or self.timeout)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     self._raise(e)
-                last = e
-                if attempt < self.settings.client_retries:
-                    CLIENT_RETRIES.labels(method).inc()
-                    time.sleep(backoff)
-                    backoff *= 2
-        assert last is not None
-        self._raise(last)
+                failure = f"UNAVAILABLE: {e.details()}"
+            else:
+                if answer is not None:
+                    return answer
+                failure = f"{method} on {shard.addresses[r]} ended OK without a response message"
+                EMPTY_ANSWERS.labels(method).inc()
+            if attempt < self.settings.client_retries:
+                CLIENT_RETRIES.labels(method).inc()
+                time.sleep(backoff)
+                backoff *= 2
+        raise IndexUnavailable(f"{failure} (after {self.settings.client_retries + 1} attempts)")
 
     # ------------------------------------------------------------------------------- calls
     def search(self, vectors: Any, k: int, filters: Filters = None,
