@@ -121,6 +121,14 @@ class FlinkSettings(_Section):
     bundle_size: int = Field(ge=1)
     checkpoint_interval_ms: int = Field(ge=0)
     startup_timeout_s: float = Field(gt=0)
+    # Restart strategy every job is submitted with (jobs/flink_env.py): exponential delay, bounded.
+    restart_attempts: int = Field(ge=0)
+    restart_initial_delay_ms: int = Field(gt=0)
+    restart_max_delay_ms: int = Field(gt=0)
+    # Sinks (udfs/sinks.py): transient errors are retried with doubling backoff, bounded.
+    sink_retries: int = Field(ge=0)
+    sink_backoff_ms: int = Field(ge=0)
+    sink_max_backoff_ms: int = Field(ge=0)
 
     @property
     def rest_url(self) -> str:
@@ -211,6 +219,14 @@ class IndexSettings(_Section):
     max_k: int = Field(ge=1)
     max_batch: int = Field(ge=1)
     max_categories: int = Field(ge=1)
+    max_ef_search: int = Field(ge=1)
+    max_nprobe: int = Field(ge=1)
+    max_search_work: int = Field(ge=1)
+    lock_work: int = Field(ge=1)
+    heavy_requests: int = Field(ge=1)
+    filter_exact_rows: int = Field(ge=0)
+    filter_boost: float = Field(ge=1)
+    max_id_chars: int | None = Field(default=None, ge=1)  # None: contracts.max_id_chars (filled below)
     metrics_port: int = Field(ge=0, lt=65536)
     snapshot_dir: Path
     snapshot_interval_s: float = Field(ge=0)
@@ -240,6 +256,24 @@ class ServeSettings(_Section):
     extra_fetch: int = Field(ge=0)
     index_deadline_ms: int = Field(gt=0)
     trending_size: int = Field(ge=1)
+    header_timeout_s: float = Field(gt=0)
+    docs: bool
+
+
+class RoleThreads(_Section):
+    """Thread counts of one process role (conf/defaults.toml [threads])."""
+
+    ort_intra_op: int = Field(ge=1)
+    ort_inter_op: int = Field(ge=1)
+    faiss_omp: int = Field(ge=1)
+
+
+class ThreadSettings(_Section):
+    """Threads per process role: the Flink worker, the index service, batch jobs."""
+
+    flink_worker: RoleThreads
+    index_service: RoleThreads
+    batch: RoleThreads
 
 
 class Settings(BaseSettings):
@@ -262,6 +296,14 @@ class Settings(BaseSettings):
     index: IndexSettings
     serve: ServeSettings
     model: ModelSettings
+    threads: ThreadSettings
+
+    @model_validator(mode="after")
+    def _index_id_limit(self) -> Settings:
+        # The index enforces the contract's id limit: one figure, kept in [contracts].
+        if self.index.max_id_chars is None:
+            object.__setattr__(self.index, "max_id_chars", self.contracts.max_id_chars)
+        return self
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

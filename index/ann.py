@@ -14,10 +14,20 @@ Contract
   included. Once dead rows pass ``compaction_dead_ratio`` a background thread rebuilds a compact
   index from the live rows, replays the writes that arrived meanwhile, and swaps it in under the
   write lock (one pointer assignment).
-- Concurrency: searches hold the read side of a readers-writer lock; a write holds the write side
-  for one chunk of ``write_chunk`` items. An item's replacement (kill old row, add new row) happens
-  inside one chunk, so a search sees the old vector or the new one, never both or neither. A
-  rebuild never holds the write lock except for the final swap.
+- Concurrency: searches hold the read side of a phase-fair readers-writer lock for one group of
+  queries whose estimated cost is at most ``lock_work`` distance computations (a long BatchSearch
+  releases and re-takes it between groups); a write holds the write side for one chunk of
+  ``write_chunk`` items. So a search waits at most one group and one chunk. An item's replacement
+  (kill old row, add new row) happens inside one chunk, so a search sees the old vector or the new
+  one, never both or neither. A rebuild never holds the write lock except for the final swap.
+- Limits: ``ef_search`` <= ``max_ef_search``, ``nprobe`` <= ``max_nprobe``, and a request's estimated
+  cost (queries x distance computations a query) <= ``max_search_work``; item ids are non-empty,
+  at most ``max_id_chars`` characters (the contract's limit), UTF-8 encodable, no control characters.
+- Filters: a filter matching at most ``filter_exact_rows`` rows is answered exactly over those rows
+  (every match when fewer than k qualify); a broader one searches the index with the selector and
+  a beam (ef / nprobe) widened by 1 / selectivity, at most ``filter_boost`` times.
+- Category names get small integer codes; a code is freed when no live row carries it, so churning
+  categories does not grow memory.
 - Determinism: HNSW levels are derived from the label (not from FAISS's RNG) and HNSW rows are
   inserted one at a time, so two replicas that apply the same records in the same order build the
   same graph however the records were batched. That is what makes snapshot + replay answer exactly
@@ -34,7 +44,7 @@ Contract
   then a rebuild trains the IVF and swaps it in.
 - GPU: with ``device = auto|gpu`` and a visible GPU, Flat/IVF kinds move to the GPU; GPU FAISS takes
   no IDSelector, so filters are applied after the search with a growing over-fetch instead.
-- Errors: ``InvalidRequest`` (bad dimension, NaN, k out of range, unknown filter) and
+- Errors: ``InvalidRequest`` (bad dimension, NaN, k out of range, unknown filter, a limit) and
   ``ModelVersionMismatch``; both carry a message meant for the caller.
 """
 
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -74,6 +85,7 @@ def _kmeans_cells(x: np.ndarray, k: int) -> np.ndarray:
     km.train(sample)
     return km.index.search(x, 1)[1][:, 0]
 STATUSES = ("active", "inactive")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class InvalidRequest(ValueError):
@@ -97,9 +109,9 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """Parsed filters: category codes (None = any) and which statuses to return."""
+    """Parsed filters: category names (None = any) and which statuses to return."""
 
-    categories: frozenset[int] | None = None
+    categories: frozenset[str] | None = None
     active: bool = True
     inactive: bool = False
 
@@ -109,6 +121,23 @@ class Filter:
 
 
 _NO_FILTER = Filter()
+_VIEW_BYTES = 256 << 20     # filter views cached (bitmaps + gathered rows) before the cache is cleared
+
+
+@dataclass(slots=True)
+class _FilterView:
+    """What one filter selects in one state version: the selector bitmap, how many rows, and
+    (when at most ``filter_exact_rows``) the rows themselves and, once needed, their vectors."""
+
+    version: int
+    bits: np.ndarray
+    count: int
+    rows: np.ndarray | None = None      # (m,) int64
+    vecs: np.ndarray | None = None      # (m, d) float32 = state.vecs[rows]
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits.nbytes + sum(a.nbytes for a in (self.rows, self.vecs) if a is not None)
 
 
 @dataclass
@@ -119,6 +148,7 @@ class _State:
     built_as: str                    # the FAISS structure: "Flat" while an IVF kind is untrained
     vecs: np.ndarray                 # (cap, d) float32, normalised
     cat: np.ndarray                  # (cap,) int32 category code, -1 = none
+    cat_live: np.ndarray             # (codes,) int64 live rows per category code (0 = code free)
     active: np.ndarray               # (cap,) bool
     live: np.ndarray                 # (cap,) bool: False = tombstone
     bits: np.ndarray                 # (cap/8,) uint8 bitmap of live & active (IDSelectorBitmap)
@@ -147,13 +177,14 @@ class ItemIndex:
             raise RuntimeError("index.device = gpu but faiss sees no GPU (faiss-gpu installed?)")
         self._gpu_res = faiss.StandardGpuResources() if use_gpu else None
         self._lock = RWLock()
-        self._categories: dict[str, int] = {}
-        self._category_names: list[str] = []
+        self._categories: dict[str, int] = {}       # name -> code; changed under the write lock only
+        self._category_names: list[str | None] = []  # code -> name, None = free
+        self._free_codes: list[int] = []
         self._pending: list[tuple[Any, ...]] | None = None   # writes during a rebuild
         self._compactor: threading.Thread | None = None
         self._compactor_started = threading.Lock()
         self._writes = threading.Lock()     # one writer at a time; a rebuild's final catch-up holds it
-        self._filter_cache: dict[tuple[Any, ...], tuple[int, np.ndarray]] = {}
+        self._filter_cache: dict[tuple[Any, ...], _FilterView] = {}
         self._params_cache: dict[tuple[Any, ...], Any] = {}
         self.compactions = 0
         self.last_compaction_s = 0.0
@@ -185,7 +216,8 @@ class ItemIndex:
 
     def _alloc(self, ix: Any, built: str, cap: int) -> _State:
         return _State(index=ix, built_as=built, vecs=np.zeros((cap, self.dim), np.float32),
-                      cat=np.full(cap, -1, np.int32), active=np.zeros(cap, bool),
+                      cat=np.full(cap, -1, np.int32), cat_live=np.zeros(16, np.int64),
+                      active=np.zeros(cap, bool),
                       live=np.zeros(cap, bool), bits=np.zeros(cap // 8 + 1, np.uint8),
                       ts=np.zeros(cap, np.int64))
 
@@ -304,8 +336,13 @@ class ItemIndex:
         st.n = n
         st.selectable = int(active.sum())
         st.bits[: (n + 7) // 8] = np.packbits(st.active[:n], bitorder="little")
+        st.cat_live = self._count_categories(st.cat[:n], st.live[:n])
         st.index = self._to_device(st.index, built)
         return st
+
+    def _count_categories(self, cat: np.ndarray, live: np.ndarray) -> np.ndarray:
+        used = cat[live & (cat >= 0)]
+        return np.bincount(used, minlength=max(16, len(self._category_names))).astype(np.int64)
 
     # --------------------------------------------------------------------------------- writes
     def _check_vectors(self, vectors: Any, what: str) -> np.ndarray:
@@ -340,19 +377,61 @@ class ItemIndex:
         elif model_version != self.model_version:
             raise ModelVersionMismatch(self.model_version, model_version)
 
+    def check_ids(self, ids: Sequence[str]) -> None:
+        """Item ids: non-empty strings of at most ``max_id_chars`` characters (the contract's limit),
+        UTF-8 encodable, without control characters; else ``InvalidRequest`` naming the first bad one."""
+        limit = self.settings.max_id_chars
+        if limit is None:
+            raise RuntimeError("index.max_id_chars is unset: build IndexSettings through Settings")
+        for item in ids:
+            if not isinstance(item, str) or not item:
+                raise InvalidRequest("item ids must be non-empty strings")
+            if len(item) > limit:
+                raise InvalidRequest(f"item id {item[:32]!r}... is {len(item)} characters, "
+                                     f"limit {limit} (contracts.max_id_chars)")
+            if item.isascii() and item.isprintable():
+                continue                                  # the common case, two C loops
+            if _CONTROL.search(item):
+                raise InvalidRequest(f"item id {item!r} contains a control character")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequest(f"item id {item!r} is not valid UTF-8 (a lone surrogate)") from None
+
     def _category_code(self, name: str | None) -> int:
+        """The code of a category name, allocating one (a freed code first); under the write lock."""
         if not name:
             return -1
         code = self._categories.get(name)
         if code is None:
-            code = self._categories[name] = len(self._category_names)
-            self._category_names.append(name)
+            if self._free_codes:
+                code = self._free_codes.pop()
+                self._category_names[code] = name
+            else:
+                code = len(self._category_names)
+                self._category_names.append(name)
+            self._categories[name] = code
         return code
+
+    def _release_codes(self, st: _State, codes: Collection[int]) -> None:
+        """Free the codes no live row of the served state carries any more (under the write lock).
+
+        A rebuild in progress replays the same writes, so its counts reach zero at the same point.
+        """
+        for code in codes:
+            name = self._category_names[code] if code >= 0 else None
+            if name is None:
+                continue
+            if code >= len(st.cat_live) or st.cat_live[code] == 0:
+                self._category_names[code] = None
+                del self._categories[name]
+                self._free_codes.append(code)
 
     def upsert(self, ids: Sequence[str], vectors: Any, categories: Sequence[str | None] | None = None,
                statuses: Sequence[str] | None = None, model_version: str | None = None,
                event_ts: Sequence[int] | None = None) -> int:
-        """Insert or replace items; returns the number applied. Later duplicates in a batch win.
+        """Insert or replace items; returns the number applied. Later duplicates in a batch win
+        (the feeder's batches are runs of a topic); the gRPC service refuses duplicates.
 
         ``event_ts`` (the feeder passes the record times): an item whose stored record or removal
         is newer is left alone, so a late, older record can never bring back a removed listing
@@ -365,8 +444,9 @@ class ItemIndex:
         for name, seq in (("categories", categories), ("statuses", statuses), ("event_ts", event_ts)):
             if seq is not None and len(seq) != len(ids):
                 raise InvalidRequest(f"{len(ids)} ids but {len(seq)} {name}")
-        if any(not isinstance(i, str) or not i for i in ids):
-            raise InvalidRequest("item ids must be non-empty strings")
+        self.check_ids(ids)
+        if categories is not None and any(c is not None and not isinstance(c, str) for c in categories):
+            raise InvalidRequest("categories must be strings (or None / empty for none)")
         if statuses is not None and any(s not in STATUSES for s in statuses):
             raise InvalidRequest(f"status must be one of {list(STATUSES)}")
         self._check_version(model_version)
@@ -376,8 +456,7 @@ class ItemIndex:
         keep = np.fromiter(sorted(last.values()), dtype=np.int64)
         ids = [ids[i] for i in keep]
         x = x[keep]
-        cats = np.array([self._category_code(categories[i]) if categories else -1 for i in keep],
-                        dtype=np.int32)
+        cats = [categories[i] or None for i in keep] if categories else [None] * len(keep)  # coded in _write
         act = np.array([statuses[i] == "active" if statuses else True for i in keep], dtype=bool)
         ts = None if event_ts is None else np.array([event_ts[i] for i in keep], dtype=np.int64)
         step, applied = self.settings.write_chunk, 0
@@ -400,14 +479,19 @@ class ItemIndex:
         x = self._check_vectors(vectors, "vectors")
         if len(x) != len(ids) or len(set(ids)) != len(ids):
             raise InvalidRequest("load_batch needs one vector per id and unique ids")
+        self.check_ids(ids)
         self._check_version(model_version)
-        cats = np.array([self._category_code(c) for c in categories] if categories else
+        names = sorted({c for c in categories if c}) if categories else []
+        codes = {c: i for i, c in enumerate(names)}             # a fresh code table, swapped in below
+        cats = np.array([codes[c] if c else -1 for c in categories] if categories else
                         np.full(len(ids), -1), dtype=np.int32)
         act = np.array([s == "active" for s in statuses] if statuses else np.ones(len(ids)), bool)
         self.wait_compaction()
         new = self._build_state(ids, x, cats, act)
+        new.cat_live = np.bincount(cats[cats >= 0], minlength=max(16, len(names))).astype(np.int64)
         with self._lock.write():
             self._st = new
+            self._categories, self._category_names, self._free_codes = codes, list(names), []
             self._filter_cache.clear()
         return len(ids)
 
@@ -418,8 +502,7 @@ class ItemIndex:
         newer than the removal is kept (a re-listing after the removal wins).
         """
         ids = list(ids)
-        if any(not isinstance(i, str) or not i for i in ids):
-            raise InvalidRequest("item ids must be non-empty strings")
+        self.check_ids(ids)
         if event_ts is not None and len(event_ts) != len(ids):
             raise InvalidRequest(f"{len(ids)} ids but {len(event_ts)} event_ts")
         removed = 0
@@ -433,7 +516,14 @@ class ItemIndex:
     def _write(self, op: tuple[Any, ...]) -> int:
         """Apply one write chunk to the served state, and log it for a rebuild in progress."""
         with self._writes, self._lock.write():
-            n = self._apply(self._st, op)
+            st = self._st
+            if op[0] == "u":                  # category names -> codes, here where codes may change
+                op = (*op[:3], np.array([self._category_code(c) for c in op[3]], np.int32), *op[4:])
+            touched = {int(st.cat[lab]) for item in op[1] if (lab := st.label_of.get(item)) is not None}
+            if op[0] == "u":
+                touched.update(op[3].tolist())    # a new code whose items the event-time rule refused
+            n = self._apply(st, op)
+            self._release_codes(st, touched)
             if self._pending is not None:
                 self._pending.append(op)
             return n
@@ -474,6 +564,11 @@ class ItemIndex:
         rows = slice(n0, n0 + m)
         st.vecs[rows] = x
         st.cat[rows] = cats
+        coded = cats[cats >= 0]
+        if len(coded) and coded.max() >= len(st.cat_live):
+            st.cat_live = np.concatenate([st.cat_live, np.zeros(2 * int(coded.max()) + 16 - len(st.cat_live),
+                                                                np.int64)])
+        np.add.at(st.cat_live, coded, 1)
         st.active[rows] = act
         st.live[rows] = True
         st.ts[rows] = 0 if ts is None else ts
@@ -498,6 +593,8 @@ class ItemIndex:
     def _kill(st: _State, label: int) -> None:
         st.live[label] = False
         st.dead += 1
+        if st.cat[label] >= 0:
+            st.cat_live[st.cat[label]] -= 1
         if st.active[label]:
             st.selectable -= 1
             st.bits[label >> 3] &= np.uint8(~(1 << (label & 7)) & 0xFF)
@@ -600,47 +697,55 @@ class ItemIndex:
     def parse_filters(self, filters: Mapping[str, Collection[str]] | None) -> Filter:
         """``{"category": [...], "status": ["active"|"inactive"]}``; default: active, any category."""
         if not filters:
-            return Filter()
+            return _NO_FILTER
         unknown = set(filters) - set(FILTER_FIELDS)
         if unknown:
             raise InvalidRequest(f"unknown filter field(s) {sorted(unknown)}; known: {list(FILTER_FIELDS)}")
-        cats: frozenset[int] | None = None
+        cats: frozenset[str] | None = None
         if "category" in filters:
             values = list(filters["category"])
             if not values or len(values) > self.settings.max_categories:
                 raise InvalidRequest(f"category filter needs 1..{self.settings.max_categories} values")
             if any(not isinstance(v, str) or not v for v in values):
                 raise InvalidRequest("category filter values must be non-empty strings")
-            cats = frozenset(self._categories.get(v, -2) for v in values)  # unseen: matches nothing
+            cats = frozenset(values)      # names: codes are looked up under the read lock
         active, inactive = True, False
         if "status" in filters:
             statuses = set(filters["status"])
             if not statuses or statuses - set(STATUSES):
                 raise InvalidRequest(f"status filter values must be among {list(STATUSES)}")
             active, inactive = "active" in statuses, "inactive" in statuses
-        return Filter(cats, active, inactive)
+        f = Filter(cats, active, inactive)
+        return _NO_FILTER if f == _NO_FILTER else f
 
     def _mask(self, st: _State, f: Filter) -> np.ndarray:
+        """Rows the filter selects (under the read lock: category codes do not change meanwhile)."""
         n = st.n
         m = st.live[:n].copy()
         if not (f.active and f.inactive):
             m &= st.active[:n] if f.active else ~st.active[:n]
         if f.categories is not None:
-            m &= np.isin(st.cat[:n], np.fromiter(f.categories, np.int32))
+            codes = [self._categories.get(c, -2) for c in f.categories]     # unseen: matches nothing
+            m &= np.isin(st.cat[:n], np.array(codes, np.int32))
         return m
 
-    def _bitmap(self, st: _State, f: Filter) -> np.ndarray | None:
-        """The IDSelectorBitmap bytes for a filter, or None when every row qualifies."""
-        if f is _NO_FILTER or f == _NO_FILTER:
-            return None if st.selectable == st.n else st.bits
+    def _view(self, st: _State, f: Filter) -> _FilterView:
+        """The rows a filter selects in this state version (cached until the next write)."""
         hit = self._filter_cache.get(f.key)
-        if hit is not None and hit[0] == st.version:
-            return hit[1]
-        bits = np.packbits(self._mask(st, f), bitorder="little")
-        if len(self._filter_cache) > 256:
+        if hit is not None and hit.version == st.version:
+            return hit
+        mask = self._mask(st, f)
+        count = int(np.count_nonzero(mask))
+        rows = np.flatnonzero(mask) if count <= self._exact_rows else None
+        view = _FilterView(st.version, np.packbits(mask, bitorder="little"), count, rows)
+        if len(self._filter_cache) > 256 or sum(v.nbytes for v in list(self._filter_cache.values())) > _VIEW_BYTES:
             self._filter_cache.clear()
-        self._filter_cache[f.key] = (st.version, bits)
-        return bits
+        self._filter_cache[f.key] = view
+        return view
+
+    @property
+    def _exact_rows(self) -> int:
+        return max(self.settings.filter_exact_rows, self.settings.max_k)
 
     def _params(self, st: _State, bits: np.ndarray | None, k: int, knobs: Mapping[str, int]) -> Any:
         if bits is None:    # no selector: parameter objects are read-only, cache them
@@ -673,6 +778,62 @@ class ItemIndex:
             raise InvalidRequest(f"k must be an integer in 1..{self.settings.max_k}, got {k!r}")
         return int(k)
 
+    def check_knobs(self, knobs: Mapping[str, int]) -> dict[str, int]:
+        """``ef_search`` in 1..``max_ef_search``, ``nprobe`` in 1..``max_nprobe``; nothing else."""
+        s = self.settings
+        limits = {"ef_search": s.max_ef_search, "nprobe": s.max_nprobe}
+        for name, v in knobs.items():
+            if name not in limits:
+                raise InvalidRequest(f"unknown search knob {name!r}; known: {sorted(limits)}")
+            if isinstance(v, bool) or not isinstance(v, _INTEGER) or not 1 <= v <= limits[name]:
+                raise InvalidRequest(f"{name} must be an integer in 1..{limits[name]} "
+                                     f"(index.max_{name}), got {v!r}")
+        return {name: int(v) for name, v in knobs.items()}
+
+    def _cost(self, st: _State, k: int, knobs: Mapping[str, int]) -> int:
+        """Estimated distance computations of one query (what the work limits count)."""
+        s = self.settings
+        if st.built_as == "HNSW":     # every expanded node scores its <= 2M level-0 neighbours
+            return max(int(knobs.get("ef_search", s.ef_search)), k) * 2 * s.hnsw_m
+        if st.built_as in ("IVFFlat", "IVFPQ"):
+            nlist = int(st.index.nlist)
+            return nlist + int(knobs.get("nprobe", s.nprobe)) * -(-st.n // nlist)
+        return max(1, st.n)
+
+    def _widen(self, st: _State, count: int, k: int, knobs: Mapping[str, int]) -> Mapping[str, int]:
+        """A broader beam for a filter that selects a fraction of the rows: x 1/fraction, capped."""
+        s = self.settings
+        boost = min(float(s.filter_boost), st.n / max(1, count))
+        if boost <= 1.0:
+            return knobs
+        if st.built_as == "HNSW":
+            ef = max(int(knobs.get("ef_search", s.ef_search)), k)
+            return {**knobs, "ef_search": max(ef, min(s.max_ef_search, math.ceil(ef * boost)))}
+        if st.built_as in ("IVFFlat", "IVFPQ"):
+            nprobe = int(knobs.get("nprobe", s.nprobe))
+            return {**knobs, "nprobe": max(nprobe, min(int(st.index.nlist), math.ceil(nprobe * boost)))}
+        return knobs
+
+    def _plan(self, st: _State, f: Filter, k: int,
+              knobs: Mapping[str, int]) -> tuple[int, _FilterView | None, Mapping[str, int]]:
+        """(distance computations a query, the filter's rows or None, knobs): under the read lock."""
+        if f is _NO_FILTER:
+            return self._cost(st, k, knobs), None, knobs
+        view = self._view(st, f)
+        if view.rows is not None:            # few rows qualify: score them all, exactly
+            return max(1, view.count), view, knobs
+        knobs = self._widen(st, view.count, k, knobs)
+        return self._cost(st, k, knobs), view, knobs
+
+    def work(self, n_queries: int, k: int, filters: Mapping[str, Collection[str]] | None = None,
+             **knobs: int) -> int:
+        """Estimated distance computations of a search request (validated like ``search``)."""
+        k = self.check_k(k)
+        f = self.parse_filters(filters)
+        knobs = self.check_knobs(knobs)
+        with self._lock.read():
+            return n_queries * self._plan(self._st, f, k, knobs)[0]
+
     def search(self, queries: Any, k: int, filters: Mapping[str, Collection[str]] | None = None,
                model_version: str | None = None, **knobs: int) -> list[list[Hit]]:
         """Top-k live items per query, best first; fewer than k when fewer qualify.
@@ -684,30 +845,65 @@ class ItemIndex:
 
     def search_raw(self, queries: Any, k: int, filters: Mapping[str, Collection[str]] | None = None,
                    model_version: str | None = None, **knobs: int) -> list[tuple[list[str], list[float]]]:
-        """``search`` as (ids, scores) per query: the server's hot path, no per-hit objects."""
+        """``search`` as (ids, scores) per query: the server's hot path, no per-hit objects.
+
+        The read lock is held for one group of queries at a time, a group costing at most
+        ``lock_work`` distance computations (at least one query), so a write waiting behind a long
+        batch waits for one group, and the searches behind that write for one group and one chunk.
+        A request estimated above ``max_search_work`` is refused before any work.
+        """
         k = self.check_k(k)
         q = self._check_vectors(queries, "queries")
         f = self.parse_filters(filters) if filters else _NO_FILTER
         if model_version and self.model_version and model_version != self.model_version:
             raise ModelVersionMismatch(self.model_version, model_version)
+        if knobs:
+            knobs = self.check_knobs(knobs)
+        nq, s = len(q), self.settings
         lock = self._lock
         lock.acquire_read()
         try:
             st = self._st
             if st.n == 0:
-                return [([], []) for _ in range(len(q))]
-            if self.on_gpu:
-                return self._search_post_filter(st, q, k, f)
-            bits = self._bitmap(st, f)
-            params = self._params(st, bits, k, knobs)   # holds the selector, which holds bits
-            nq = len(q)                                 # FAISS's own search(), minus its Python checks
-            scores = np.empty((nq, k), np.float32)
-            labels = np.empty((nq, k), np.int64)
-            st.index.search_c(nq, _ptr(q), k, _ptr(scores), _ptr(labels), params)
-            del params
-            ids = st.ids
+                return [([], []) for _ in range(nq)]
+            per, view, kn = self._plan(st, f, k, knobs)
+            if nq * per > s.max_search_work:
+                raise InvalidRequest(
+                    f"search too expensive: {nq} queries x ~{per:,} distance computations = {nq * per:,}, "
+                    f"limit {s.max_search_work:,} (index.max_search_work); send fewer queries or a "
+                    f"smaller k / ef_search / nprobe")
+            group = max(1, s.lock_work // per)
+            out = self._search_locked(st, q[:group], k, f, view, kn)
         finally:
             lock.release_read()
+        for a in range(group, nq, group):   # re-take the lock between groups: writes get their turn
+            lock.acquire_read()
+            try:
+                st = self._st
+                _, view, kn = self._plan(st, f, k, knobs)
+                out += self._search_locked(st, q[a:a + group], k, f, view, kn)
+            finally:
+                lock.release_read()
+        return out
+
+    def _search_locked(self, st: _State, q: np.ndarray, k: int, f: Filter, view: _FilterView | None,
+                       knobs: Mapping[str, int]) -> list[tuple[list[str], list[float]]]:
+        """One group of queries, under the read lock."""
+        if view is not None and view.rows is not None:
+            return self._search_exact(st, view, q, k)
+        if self.on_gpu:
+            return self._search_post_filter(st, q, k, f)
+        if view is not None:
+            bits: np.ndarray | None = view.bits
+        else:
+            bits = None if st.selectable == st.n else st.bits
+        params = self._params(st, bits, k, knobs)   # holds the selector, which holds bits
+        nq = len(q)                                 # FAISS's own search(), minus its Python checks
+        scores = np.empty((nq, k), np.float32)
+        labels = np.empty((nq, k), np.int64)
+        st.index.search_c(nq, _ptr(q), k, _ptr(scores), _ptr(labels), params)
+        del params
+        ids = st.ids
         out = []
         for row_l, row_s in zip(labels.tolist(), scores.tolist(), strict=True):
             if row_l and row_l[-1] < 0:
@@ -715,6 +911,28 @@ class ItemIndex:
                 row_l, row_s = row_l[:m], row_s[:m]
             out.append(([ids[lab] for lab in row_l], row_s))
         return out
+
+    @staticmethod
+    def _search_exact(st: _State, view: _FilterView, q: np.ndarray,
+                      k: int) -> list[tuple[list[str], list[float]]]:
+        """Score every selected row (float32, exact): complete when fewer than k qualify."""
+        assert view.rows is not None
+        m = len(view.rows)
+        if m == 0:
+            return [([], []) for _ in range(len(q))]
+        if view.vecs is None:
+            view.vecs = st.vecs[view.rows]       # (m, d); two threads may both copy: same result
+        sims = q @ view.vecs.T                   # (nq, m)
+        kk = min(k, m)
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < m else \
+            np.broadcast_to(np.arange(m), (len(q), m))
+        top_s = np.take_along_axis(sims, top, 1)
+        order = np.argsort(-top_s, axis=1, kind="stable")
+        labels = view.rows[np.take_along_axis(top, order, 1)]
+        top_s = np.take_along_axis(top_s, order, 1)
+        ids = st.ids
+        return [([ids[lab] for lab in row_l], row_s)
+                for row_l, row_s in zip(labels.tolist(), top_s.tolist(), strict=True)]
 
     def _search_post_filter(self, st: _State, q: np.ndarray, k: int,
                             f: Filter) -> list[tuple[list[str], list[float]]]:
@@ -792,8 +1010,8 @@ class ItemIndex:
         if settings.model_version and snap_version and snap_version != settings.model_version:
             raise ValueError(f"snapshot is model_version {meta['model_version']!r}, "
                              f"settings say {settings.model_version!r}")
-        self._category_names = list(meta["categories"])
-        self._categories = {c: i for i, c in enumerate(self._category_names)}
+        self._category_names = list(meta["categories"])        # None = a free code
+        self._categories = {c: i for i, c in enumerate(self._category_names) if c}
         n = int(meta["rows"])
         live = np.asarray(arrays["live"], bool)
         storage = meta.get("hnsw_storage", "flat")     # snapshots before the setting: float32
@@ -805,6 +1023,7 @@ class ItemIndex:
             self._st = self._build_state([ids[r] for r in rows], arrays["vecs"][rows],
                                          arrays["cat"][rows], arrays["active"][rows],
                                          arrays["ts"][rows], meta["removed"])
+            self._free_unused_codes()
             return self
         cap = max(1024, int(n * 1.25))
         self._reserve(faiss_index, meta["built_as"], cap)
@@ -822,7 +1041,18 @@ class ItemIndex:
         sel = live & st.active[:n]
         st.selectable = int(sel.sum())
         st.bits[: (n + 7) // 8] = np.packbits(sel, bitorder="little")
+        st.cat_live = self._count_categories(st.cat[:n], live)
         if st.built_as == "HNSW":
             st.index.hnsw.efSearch = settings.ef_search
         self._st = st
+        self._free_unused_codes()
         return self
+
+    def _free_unused_codes(self) -> None:
+        """After a restore: codes no live row carries (or that an older snapshot kept) are free."""
+        counts = self._st.cat_live
+        for code, name in enumerate(self._category_names):
+            if name is not None and (code >= len(counts) or counts[code] == 0):
+                self._category_names[code] = None
+                del self._categories[name]
+        self._free_codes = [c for c, name in enumerate(self._category_names) if name is None]

@@ -5,16 +5,23 @@
     server.stop()
 
 Requests are validated before they touch the index: wrong dimension, NaN/inf, k out of range,
-an unknown filter field, too many queries or items -> INVALID_ARGUMENT with a message; a vector of
-another model version -> FAILED_PRECONDITION; a message over ``max_message_bytes`` ->
-RESOURCE_EXHAUSTED (gRPC itself). A request whose deadline has already passed is not executed
-(DEADLINE_EXCEEDED). Anything unexpected is logged and answered INTERNAL; the server keeps serving.
+an unknown filter field, too many queries or items, ef_search/nprobe over their limit, a search
+estimated above ``max_search_work``, a response that could exceed ``max_message_bytes`` (queries x
+k x the largest id and score), an item id that is empty, too long (``max_id_chars``), not UTF-8 or
+holds a control character, a duplicate id in one Upsert -> INVALID_ARGUMENT naming the limit; a
+vector of another model version -> FAILED_PRECONDITION; a request message over
+``max_message_bytes`` -> RESOURCE_EXHAUSTED (gRPC itself); more than ``heavy_requests`` searches
+that each cost more than one lock group at once -> RESOURCE_EXHAUSTED (retry later; small searches
+keep their handler threads). A request whose deadline has already passed is not executed
+(DEADLINE_EXCEEDED), and one that finished after its deadline is counted as DEADLINE_EXCEEDED.
+Anything unexpected is logged and answered INTERNAL; the server keeps serving.
 Health: NOT_SERVING until ``set_serving(True)`` (the CLI calls it once the feeder has caught up).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -33,6 +40,8 @@ from index.proto import index_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "recstream.index.v1.IndexService"
+HIT_BYTES = 4 + 1 + 1 + 2   # a packed float score + an id's tag and length prefix (<= 2 bytes: ids <= 16 KiB)
+RESULT_BYTES = 16           # a SearchResponse's own tags and lengths, besides its hits and model_version
 
 
 class _Abort(Exception):
@@ -47,6 +56,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         self.index = index
         self.settings = settings
         self.extra_stats = extra_stats or dict
+        self._heavy = threading.BoundedSemaphore(settings.heavy_requests)
 
     # ---------------------------------------------------------------------------- plumbing
     def _run(self, method: str, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
@@ -56,7 +66,11 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request ran")
-            return fn()
+            out = fn()
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:   # the caller has its DEADLINE_EXCEEDED
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+            return out
         except _Abort as e:
             code, msg = e.code, str(e)
         except InvalidRequest as e:
@@ -80,14 +94,29 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
         return out or None
 
     def _knobs(self, request: Any) -> dict[str, int]:
+        """ef_search / nprobe of a request: 0 = the server default, else 1..max_ef_search / max_nprobe."""
         knobs = {}
-        for name in ("ef_search", "nprobe"):
+        for name, limit in (("ef_search", self.settings.max_ef_search), ("nprobe", self.settings.max_nprobe)):
             v = getattr(request, name)
-            if v < 0 or v > 100_000:
-                raise InvalidRequest(f"{name} must be 0 (default) or 1..100000, got {v}")
+            if v < 0 or v > limit:
+                raise InvalidRequest(f"{name} must be 0 (default) or 1..{limit} (index.max_{name}), got {v}")
             if v:
                 knobs[name] = v
         return knobs
+
+    def _check_response_size(self, n_queries: int, k: int) -> None:
+        """Refuse a search whose answer could exceed the message limit, before any work.
+
+        Worst case: every hit carries an id of ``max_id_chars`` characters of 4 UTF-8 bytes each.
+        """
+        max_id_bytes = 4 * (self.settings.max_id_chars or 0)
+        worst = n_queries * (k * (max_id_bytes + HIT_BYTES) + RESULT_BYTES + len(self.index.model_version))
+        limit = self.settings.max_message_bytes
+        if worst > limit:
+            raise InvalidRequest(
+                f"response could reach {worst:,} bytes ({n_queries} queries x k {k} x "
+                f"{max_id_bytes + HIT_BYTES} bytes an id and score), over the message limit of "
+                f"{limit:,} bytes (index.max_message_bytes); send fewer queries or a smaller k")
 
     def _vector(self, values: Any, what: str) -> np.ndarray:
         x = np.asarray(values, dtype=np.float32)
@@ -99,6 +128,7 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         def run() -> pb.SearchResponse:
             q = self._vector(request.vector, "vector")
+            self._check_response_size(1, request.k)
             (ids, scores), = self.index.search_raw(q, request.k, self._filters(request.filters),
                                                    request.model_version or None, **self._knobs(request))
             return pb.SearchResponse(ids=ids, scores=scores, model_version=self.index.model_version)
@@ -116,8 +146,18 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
             x = x.reshape(-1, request.dim)
             if len(x) > self.settings.max_batch:
                 raise InvalidRequest(f"{len(x)} queries, limit {self.settings.max_batch}")
-            rows = self.index.search_raw(x, request.k, self._filters(request.filters),
-                                         request.model_version or None, **self._knobs(request))
+            self._check_response_size(len(x), request.k)
+            filters, knobs = self._filters(request.filters), self._knobs(request)
+            heavy = self.index.work(len(x), request.k, filters, **knobs) > self.settings.lock_work
+            if heavy and not self._heavy.acquire(blocking=False):
+                raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"{self.settings.heavy_requests} large searches already running "
+                             f"(index.heavy_requests); retry later or send fewer queries")
+            try:
+                rows = self.index.search_raw(x, request.k, filters, request.model_version or None, **knobs)
+            finally:
+                if heavy:
+                    self._heavy.release()
             mv = self.index.model_version
             return pb.BatchSearchResponse(results=[pb.SearchResponse(ids=i, scores=s, model_version=mv)
                                                    for i, s in rows])
@@ -130,11 +170,17 @@ class IndexServicer(pb_grpc.IndexServiceServicer):
                 raise InvalidRequest(f"{len(items)} items, limit {self.settings.max_batch}")
             if not items:
                 return pb.UpsertResponse(applied=0)
+            ids = [it.id for it in items]
+            self.index.check_ids(ids)                 # before any message quotes an id
+            if len(set(ids)) != len(ids):
+                dup = next(i for n, i in enumerate(ids) if i in ids[:n])
+                raise InvalidRequest(f"item id {dup!r} appears more than once in one Upsert "
+                                     f"(send one record per id)")
             x = np.empty((len(items), self.index.dim), np.float32)
             for i, it in enumerate(items):
                 x[i] = self._vector(it.vector, f"item {it.id!r}")
             statuses = [it.status or "active" for it in items]
-            n = self.index.upsert([it.id for it in items], x, [it.category or None for it in items],
+            n = self.index.upsert(ids, x, [it.category or None for it in items],
                                   statuses, request.model_version or None)
             return pb.UpsertResponse(applied=n)
         return self._run("Upsert", context, run)

@@ -225,7 +225,9 @@ def test_post_filter_path_used_on_gpu_matches_the_selector_path(make_index_setti
     q = idx._check_vectors(unit_vectors(20, seed=8), "q")
     for filters in (None, {"category": ["c2"]}):
         f = idx.parse_filters(filters)
-        assert idx._search_post_filter(idx._st, q, 10, f) == idx.search_raw(q, 10, filters)
+        got, want = idx._search_post_filter(idx._st, q, 10, f), idx.search_raw(q, 10, filters)
+        assert [ids for ids, _ in got] == [ids for ids, _ in want]   # the filtered side is exact numpy:
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5)  # ulps differ
 
 
 def clustered(n: int, d: int = 16, cells: int = 50, seed: int = 0) -> np.ndarray:

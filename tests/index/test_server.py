@@ -187,3 +187,156 @@ def test_server_skips_requests_whose_deadline_passed(make_index_settings, unit_v
         servicer.Upsert(pb.UpsertRequest(items=[pb.Item(id="a", vector=unit_vectors(1)[0].tolist())]),
                         _ExpiredContext())
     assert len(idx) == 0                                            # nothing was applied
+
+
+# ------------------------------------------------------------------ limits and fairness (issue 8)
+LIMITS = dict(kind="Flat", max_batch=64, max_message_bytes=64 * 1024, max_k=100, max_ef_search=512,
+              max_nprobe=16, max_search_work=20_000, max_id_chars=12)
+
+
+@pytest.fixture
+def limited(index_server, unit_vectors):
+    server, addr = index_server(**LIMITS)
+    server.index.upsert([f"i{i}" for i in range(100)], unit_vectors(100))
+    channel = grpc.insecure_channel(addr)
+    yield server, pb_grpc.IndexServiceStub(channel)
+    channel.close()
+
+
+def _invalid(call, request) -> str:
+    with pytest.raises(grpc.RpcError) as e:
+        call(request, timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    return e.value.details()
+
+
+LIMIT_CASES = [
+    ("Search", pb.SearchRequest(vector=[0.1] * 16, k=5, ef_search=513), "index.max_ef_search"),
+    ("Search", pb.SearchRequest(vector=[0.1] * 16, k=5, nprobe=17), "index.max_nprobe"),
+    # 100 rows: a Flat query costs 100 distance computations, 64 queries 6,400 (under 20,000) ...
+    ("BatchSearch", pb.BatchSearchRequest(vectors=[0.1] * 16 * 64, dim=16, k=100), "index.max_message_bytes"),
+    ("Upsert", pb.UpsertRequest(items=[pb.Item(id="x" * 13, vector=[0.1] * 16)]), "limit 12"),
+    ("Upsert", pb.UpsertRequest(items=[pb.Item(id="a\x00b", vector=[0.1] * 16)]), "control character"),
+    ("Upsert", pb.UpsertRequest(items=[pb.Item(id="a", vector=[0.1] * 16), pb.Item(id="b", vector=[0.2] * 16),
+                                       pb.Item(id="a", vector=[0.3] * 16)]), "more than once"),
+    ("Delete", pb.DeleteRequest(ids=["y" * 13]), "limit 12"),
+]
+
+
+@pytest.mark.parametrize(("method", "request_", "match"), LIMIT_CASES, ids=[m for _, _, m in LIMIT_CASES])
+def test_limits_get_invalid_argument_naming_the_limit(limited, method, request_, match):
+    server, stub = limited
+    assert match in _invalid(getattr(stub, method), request_)
+    assert len(server.index) == 100                              # nothing applied, server serving
+    assert len(stub.Search(pb.SearchRequest(vector=[0.1] * 16, k=3), timeout=5).ids) == 3
+
+
+def test_work_limit_and_response_size_are_checked_before_the_search(limited, unit_vectors):
+    server, stub = limited
+    q = unit_vectors(64, seed=3).ravel().tolist()
+    # 64 queries x k 10 fits the 64 KiB message limit at 12-character ids (64 x 10 x 56 bytes) ...
+    assert len(stub.BatchSearch(pb.BatchSearchRequest(vectors=q[:16 * 60], dim=16, k=10), timeout=5).results) == 60
+    # ... and 64 x 100 rows = 6,400 distance computations is under the work limit of 20,000; grow the
+    # index so the same request costs 64 x 400 = 25,600
+    server.index.upsert([f"j{i}" for i in range(300)], unit_vectors(300, seed=4))
+    msg = _invalid(stub.BatchSearch, pb.BatchSearchRequest(vectors=q[:16 * 64], dim=16, k=10))
+    assert "25,600" in msg and "20,000 (index.max_search_work)" in msg
+    with pytest.raises(InvalidRequest, match="max_search_work"):    # the same limit in process
+        server.index.search_raw(np.array(q, np.float32).reshape(64, 16), 10)
+
+
+def test_ids_over_the_contract_limit_and_unicode(index_server, unit_vectors, base_index_settings):
+    server, addr = index_server(kind="Flat")                       # the shipped id limit
+    limit = base_index_settings.max_id_chars
+    from conf import load_settings
+
+    assert limit == load_settings().contracts.max_id_chars
+    with grpc.insecure_channel(addr) as ch:
+        stub = pb_grpc.IndexServiceStub(ch)
+        v = unit_vectors(1)[0].tolist()
+        assert f"limit {limit}" in _invalid(stub.Upsert, pb.UpsertRequest(
+            items=[pb.Item(id="x" * (1 << 20), vector=v)]))          # the 1 MB id of the issue
+        ok = ["é" * limit, "見" * limit, "a-b_c:d/e"]                  # at the limit, any script
+        assert stub.Upsert(pb.UpsertRequest(items=[pb.Item(id=i, vector=v) for i in ok]), timeout=5).applied == 3
+    with pytest.raises(InvalidRequest, match="UTF-8"):
+        server.index.upsert(["a\ud800"], unit_vectors(1))
+    with pytest.raises(InvalidRequest, match="control"):
+        server.index.delete(["tab\there"])
+
+
+def _requests_total(method: str, code: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("recs_index_requests_total", {"method": method, "code": code}) or 0.0
+
+
+def test_refused_and_failed_requests_are_not_counted_ok(limited, unit_vectors, monkeypatch):
+    server, stub = limited
+    ok, invalid = _requests_total("BatchSearch", "OK"), _requests_total("BatchSearch", "INVALID_ARGUMENT")
+    _invalid(stub.BatchSearch, pb.BatchSearchRequest(vectors=[0.1] * 16 * 64, dim=16, k=100))
+    assert _requests_total("BatchSearch", "INVALID_ARGUMENT") == invalid + 1
+    internal = _requests_total("Search", "INTERNAL")
+    monkeypatch.setattr(server.index, "search_raw", lambda *a, **kw: 1 / 0)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Search(pb.SearchRequest(vector=[0.1] * 16, k=3), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INTERNAL
+    assert _requests_total("Search", "INTERNAL") == internal + 1
+    assert _requests_total("BatchSearch", "OK") == ok
+
+
+def test_a_long_batch_search_does_not_stall_other_searches(index_server, unit_vectors):
+    """Issue 8: a long BatchSearch, upserts waiting for the write lock, and small searches at the
+    same time. The batch re-takes the read lock between groups of ``lock_work``, and the lock lets
+    the searches that waited through a write chunk in before the next chunk, so a small search
+    waits at most one group and one chunk. (Before: it waited for the whole batch, 100s of ms.)"""
+    import threading
+    import time
+
+    n, d = 20_000, 32
+    x = unit_vectors(n, d=d, seed=11)
+    over = dict(kind="HNSW", dim=d, hnsw_m=16, ef_construction=40, hnsw_reorder=False,
+                max_ef_search=1024, max_search_work=10**9, lock_work=32_768, heavy_requests=4)
+    server, addr = index_server(**over)
+    server.index.load_batch([f"i{i}" for i in range(n)], x)
+    stop = threading.Event()
+    batch_s: list[float] = []
+
+    def long_batches() -> None:
+        with grpc.insecure_channel(addr) as ch:
+            stub = pb_grpc.IndexServiceStub(ch)
+            req = pb.BatchSearchRequest(vectors=unit_vectors(128, d=d, seed=12).ravel().tolist(), dim=d,
+                                        k=10, ef_search=1024)
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                stub.BatchSearch(req, timeout=60)
+                batch_s.append(time.perf_counter() - t0)
+
+    def upserts() -> None:
+        rng = np.random.default_rng(13)
+        while not stop.is_set():
+            rows = rng.integers(0, n, 8)
+            server.index.upsert([f"i{r}" for r in rows], x[rows])
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=long_batches), threading.Thread(target=upserts)]
+    for t in threads:
+        t.start()
+    lat = []
+    try:
+        with grpc.insecure_channel(addr) as ch:
+            stub = pb_grpc.IndexServiceStub(ch)
+            q = unit_vectors(400, d=d, seed=14)
+            time.sleep(0.2)
+            for v in q:
+                t0 = time.perf_counter()
+                stub.Search(pb.SearchRequest(vector=v.tolist(), k=10), timeout=30)
+                lat.append(time.perf_counter() - t0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    p50, p99 = np.percentile(lat, [50, 99]) * 1000
+    print(f"\nsmall searches during long batches + upserts: p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
+          f"batch {np.median(batch_s) * 1000:.0f} ms ({len(batch_s)} batches)")
+    assert len(batch_s) >= 2 and min(batch_s) > 0.1        # the batches really were long
+    assert p99 < 50, f"p99 {p99:.1f} ms"                   # 10 ms on a quiet machine; CPU is shared
