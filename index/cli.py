@@ -41,13 +41,18 @@ def index_serve(
     restore: bool = typer.Option(True, "--restore/--no-restore", help="Start from the latest snapshot."),
 ) -> None:
     """Serve the index over gRPC: restore snapshot -> replay topic -> SERVING; snapshot on exit."""
+    import faiss
+
     from index import snapshot
     from index.ann import ItemIndex
     from index.feeder import Feeder
     from index.server import IndexServer
 
     settings = _settings(kind=kind, port=port, replica_id=replica_id)
-    s = settings.index
+    # FAISS OpenMP threads of this process role ([threads] index_service), set at start
+    faiss_threads = settings.threads.index_service.faiss_omp
+    faiss.omp_set_num_threads(faiss_threads)
+    s = settings.index.model_copy(update={"omp_threads": faiss_threads})  # ItemIndex sets it too
     restored = snapshot.load_latest(s) if restore else None
     index, offsets = restored if restored else (ItemIndex(s), {})
     feeder = Feeder(index, settings.kafka, s, offsets=offsets) if feed else None
@@ -91,15 +96,11 @@ def serve(
     port: int = typer.Option(None, help="Port (default: serve.port)."),
 ) -> None:
     """Run the HTTP backend: GET /recommendations/{user_id}?k=20, /healthz, /metrics."""
-    import uvicorn
-
     from recs.serving import open_read_path
-    from recs.serving.app import create_app
+    from recs.serving.app import create_app, run
 
     settings = load_settings()
-    app = create_app(open_read_path(settings))
-    uvicorn.run(app, host=host or settings.serve.host, port=port or settings.serve.port,
-                log_level="warning", access_log=False)
+    run(create_app(open_read_path(settings)), settings.serve, host, port)
 
 
 def recommend(

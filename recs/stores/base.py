@@ -30,6 +30,13 @@ KIND_USER, KIND_ITEM, KIND_RECS = "user", "item", "recs"
 TRENDING = "trending"
 
 
+class MalformedRecord(ValueError):
+    """A stored record that does not decode (a missing field, bytes of the wrong length, bad JSON).
+
+    Raised by ``get_*`` with the key and the reason; the read path counts it and falls back.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class UserRecord:
     user_id: str
@@ -70,7 +77,8 @@ class EmbeddingStore(Protocol):
     - TTL: user records and recs lists expire ``kv.user_ttl_s`` after their last write (0 = never);
       items and the trending list do not expire.
     - Errors: connection failures and timeouts raise the backend's exception (``redis.RedisError``,
-      ``aerospike.exception.AerospikeError``); a caller that serves traffic falls back on them.
+      ``aerospike.exception.AerospikeError``), a record that does not decode ``MalformedRecord``;
+      a caller that serves traffic falls back on them.
     """
 
     def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]: ...

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis
 
@@ -21,12 +21,15 @@ from recs.stores.base import (
     KIND_USER,
     TRENDING,
     ItemVector,
+    MalformedRecord,
     RecsList,
     UserRecord,
     decode_vector,
     encode_vector,
     record_key,
 )
+
+T = TypeVar("T")
 
 # KEYS[1] = record key; ARGV[1] = event_ts; ARGV[2] = ttl seconds (0 = none); ARGV[3..] = field, value
 PUT_IF_NOT_OLDER = """
@@ -62,6 +65,14 @@ class RedisStore:
             pipe.hgetall(k)
         return pipe.execute()
 
+    @staticmethod
+    def _decode(key: str, decode: Callable[..., T], *args: Any) -> T:
+        """``decode(*args)``; a missing field or bad bytes/JSON becomes ``MalformedRecord(key)``."""
+        try:
+            return decode(*args)
+        except (KeyError, ValueError, UnicodeDecodeError) as e:   # JSON errors are ValueErrors
+            raise MalformedRecord(f"{key}: {type(e).__name__}: {e}") from e
+
     def _write(self, rows: list[tuple[str, int, int, dict[str, Any]]]) -> list[bool]:
         if not rows:
             return []
@@ -81,11 +92,15 @@ class RedisStore:
             if not h or b"emb" not in h:
                 out.append(None)
                 continue
-            out.append(UserRecord(
-                user_id=uid, embedding=decode_vector(h[b"emb"], h[b"dtype"].decode()),
-                model_version=h[b"model_version"].decode(), event_ts=int(h[b"event_ts"]),
-                last_n=tuple(json.loads(h.get(b"last_n", b"[]"))), updated_ts=int(h.get(b"updated_ts", 0))))
+            out.append(self._decode(self.key(KIND_USER, uid), self._user, uid, h))
         return out
+
+    @staticmethod
+    def _user(uid: str, h: dict[bytes, bytes]) -> UserRecord:
+        return UserRecord(user_id=uid, embedding=decode_vector(h[b"emb"], h[b"dtype"].decode()),
+                          model_version=h[b"model_version"].decode(), event_ts=int(h[b"event_ts"]),
+                          last_n=tuple(json.loads(h.get(b"last_n", b"[]"))),
+                          updated_ts=int(h.get(b"updated_ts", 0)))
 
     def put_users(self, records: Sequence[UserRecord]) -> list[bool]:
         now = int(time.time() * 1000)
@@ -119,13 +134,13 @@ class RedisStore:
             for r in records])
 
     # ------------------------------------------------------------------------- lists (recs, trending)
-    @staticmethod
-    def _list(key: str, h: dict[bytes, bytes]) -> RecsList | None:
+    def _list(self, key: str, h: dict[bytes, bytes]) -> RecsList | None:
         if not h:
             return None
-        return RecsList(key=key, items=tuple(json.loads(h[b"items"])),
-                        scores=tuple(json.loads(h.get(b"scores", b"[]"))),
-                        model_version=h[b"model_version"].decode(), event_ts=int(h[b"event_ts"]))
+        where = self.key(TRENDING, "") if key == "" else self.key(KIND_RECS, key)
+        return self._decode(where, lambda: RecsList(
+            key=key, items=tuple(json.loads(h[b"items"])), scores=tuple(json.loads(h.get(b"scores", b"[]"))),
+            model_version=h[b"model_version"].decode(), event_ts=int(h[b"event_ts"])))
 
     @staticmethod
     def _list_fields(r: RecsList) -> dict[str, Any]:

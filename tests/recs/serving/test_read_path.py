@@ -4,11 +4,10 @@ and the HTTP API."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from index.client import GrpcIndexClient, IndexUnavailable
+from index.client import GrpcIndexClient
 from recs.serving.app import create_app
 from recs.serving.read_path import ReadPath
 from recs.stores.base import RecsList, UserRecord
@@ -71,18 +70,26 @@ def test_cold_start_order_and_phase_one(store, index_client, serve_settings):
     assert phase1.recommend("ghost", 5).items == ["item-5"]         # no index call in phase 1
 
 
-def test_index_down_fails_closed(store, index_settings, serve_settings, catalogue):
+def test_index_down_is_a_counted_fallback_and_lists_are_withheld(store, index_settings, serve_settings,
+                                                                 catalogue, caplog):
+    """Index down: 200, counted and logged; the offline list cannot be checked against the index
+    (invariant 6), so it is withheld rather than served unchecked."""
     ids, x = catalogue
     put_user(store, "u4", x[0])
     store.put_recs([RecsList("u4", ("item-1",), "v1", 5)])
     dead = GrpcIndexClient(index_settings.model_copy(update={"client_retries": 0,
                                                              "client_deadline_ms": 200}),
                            [["127.0.0.1:1"]])
-    with pytest.raises(IndexUnavailable):
-        ReadPath(store, dead, serve_settings).recommend("u4", 5)
+    before = counter("recs_serve_fallbacks_total", reason="index_unavailable")
+    rec = ReadPath(store, dead, serve_settings).recommend("u4", 5)
+    assert rec.items == [] and rec.source == "trending"
+    assert rec.fallbacks == ["index_unavailable", "offline_list_unverified", "offline_list_exhausted",
+                             "no_trending"]
+    assert counter("recs_serve_fallbacks_total", reason="index_unavailable") == before + 1
+    assert "index_unavailable in search for user 'u4'" in caplog.text
     app = TestClient(create_app(ReadPath(store, dead, serve_settings)))
     r = app.get("/recommendations/u4")
-    assert r.status_code == 503 and "index unavailable" in r.json()["detail"]
+    assert r.status_code == 200 and r.json()["fallbacks"][0] == "index_unavailable"
 
 
 def test_http_api(store, index_client, serve_settings, catalogue):
