@@ -331,3 +331,118 @@ def test_any_memory_layout_of_queries_gives_the_same_answer(make_index_settings,
     wide[:, ::2] = q
     assert same(idx.search_raw(wide[:, ::2], 5))                        # strided rows
     assert same(idx.search_raw(wide[0, ::2], 5), want[:1])             # one strided query
+
+
+# ----------------------------------------------------------------- filtered search (issue 8, item 5)
+@pytest.mark.parametrize("kind", ["HNSW", "IVFFlat"])
+def test_a_selective_filter_returns_every_match(make_index_settings, kind):
+    """5 items in a category, k = 10: all 5 come back (the API's promise), best first, scores exact."""
+    idx = ItemIndex(make_index_settings(kind=kind, compaction_min_dead=10**6, nprobe=1))
+    x = clustered(4000, seed=21)
+    cats = ["rare" if i % 800 == 7 else f"c{i % 7}" for i in range(4000)]
+    idx.upsert([f"i{i}" for i in range(4000)], x, categories=cats)
+    idx.wait_compaction()
+    assert idx.stats()["built_as"] == kind
+    rare = [i for i, c in enumerate(cats) if c == "rare"]
+    q = clustered(50, seed=22)
+    for row, qv in zip(idx.search_raw(q, 10, {"category": ["rare"]}), q, strict=True):
+        want = sorted(rare, key=lambda i: -float(x[i] @ qv))
+        assert row[0] == [f"i{i}" for i in want]
+        np.testing.assert_allclose(row[1], [float(x[i] @ qv) for i in want], rtol=1e-5, atol=1e-6)
+
+
+def _recall(got: list[tuple[list[str], list[float]]], want: list[list[str]]) -> float:
+    return float(np.mean([len(set(g[0]) & set(w)) / len(w) for g, w in zip(got, want, strict=True)]))
+
+
+@pytest.mark.parametrize("kind", ["HNSW", "IVFFlat"])
+def test_filtered_recall_is_at_least_the_unfiltered_recall(make_index_settings, kind):
+    """At 5 %, 20 % and 50 % selectivity, on both strategies (exact rows; widened beam), recall@10 with
+    the filter is at least recall@10 without one, at the same ef_search / nprobe."""
+    n = 6000
+    x = clustered(n, seed=23)
+    q = clustered(200, seed=24)
+    cats = np.random.default_rng(25).random(n)
+    for exact_rows in (10**5, 100):                       # every filter exact; every filter widened
+        idx = ItemIndex(make_index_settings(kind=kind, ef_search=16, nprobe=1, hnsw_m=8,
+                                            filter_exact_rows=exact_rows, max_k=10))
+        for sel in (0.05, 0.2, 0.5):
+            labels = np.where(cats < sel, "in", "out")
+            idx.upsert([f"i{i}" for i in range(n)], x, categories=list(labels))
+            idx.wait_compaction()
+            truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
+            unfiltered = _recall(idx.search_raw(q, 10), [[f"i{i}" for i in row] for row in truth])
+            sims = np.where(labels == "in", q @ x.T, -np.inf)
+            ftruth = [[f"i{i}" for i in row] for row in np.argsort(-sims, axis=1)[:, :10]]
+            filtered = _recall(idx.search_raw(q, 10, {"category": ["in"]}), ftruth)
+            assert unfiltered < 1.0                          # the beam is small enough to miss
+            assert filtered >= unfiltered, (exact_rows, sel, filtered, unfiltered)
+
+
+def test_category_codes_are_freed_when_unused(make_index_settings, unit_vectors, tmp_path):
+    """Churning categories (a new one per item, the old ones emptied) keeps the code table small,
+    and a freed code reused by another name never leaks the old name's items into a filter."""
+    idx = ItemIndex(make_index_settings(kind="HNSW"))
+    x = unit_vectors(1000, seed=26)
+    for i in range(1000):
+        idx.upsert([f"i{i % 10}"], x[i:i + 1], categories=[f"cat{i}"])   # replaces i{i%10}'s category
+    assert len(idx._category_names) <= 20                  # 10 live categories (+ free slots)
+    assert sorted(c for c in idx._category_names if c) == sorted(f"cat{i}" for i in range(990, 1000))
+    assert [r[0] for r in idx.search_raw(x[990:991], 5, {"category": ["cat990"]})] == [["i0"]]
+    assert idx.search_raw(x[:1], 5, {"category": ["cat0"]}) == [([], [])]
+    idx.delete(["i0"])
+    assert "cat990" not in idx._categories
+    meta, arrays, ids, ix = idx.export_state()
+    back = ItemIndex.from_state(idx.settings, meta, arrays, ids, ix)
+    assert [r[0] for r in back.search_raw(x[991:992], 5, {"category": ["cat991"]})] == [["i1"]]
+    back.upsert(["new"], x[:1], categories=["fresh"])
+    assert [r[0] for r in back.search_raw(x[:1], 5, {"category": ["fresh"]})] == [["new"]]
+
+
+def test_id_limits_apply_to_upsert_and_delete(make_index_settings, unit_vectors):
+    idx = ItemIndex(make_index_settings(kind="Flat", max_id_chars=8))
+    with pytest.raises(InvalidRequest, match="limit 8"):
+        idx.upsert(["x" * 9], unit_vectors(1))
+    with pytest.raises(InvalidRequest, match="control character"):
+        idx.upsert(["a\nb"], unit_vectors(1))
+    with pytest.raises(InvalidRequest, match="limit 8"):
+        idx.delete(["y" * 9])
+    assert idx.upsert(["x" * 8, "ü" * 8], unit_vectors(2)) == 2
+
+
+def test_knobs_over_their_limits_are_refused(make_index_settings, unit_vectors):
+    idx = ItemIndex(make_index_settings(kind="HNSW", max_ef_search=100))
+    idx.upsert(["a"], unit_vectors(1))
+    with pytest.raises(InvalidRequest, match=r"ef_search must be an integer in 1..100 \(index.max_ef_search\)"):
+        idx.search(unit_vectors(1), 1, ef_search=101)
+    with pytest.raises(InvalidRequest, match="unknown search knob"):
+        idx.search(unit_vectors(1), 1, efsearch=10)
+    assert idx.search(unit_vectors(1), 1, ef_search=100)[0][0].item_id == "a"
+
+
+def test_readers_get_in_between_write_chunks():
+    """A stream of back-to-back write chunks must not starve a reader: it enters after the chunk
+    that was running when it arrived (the writer-preferring lock made it wait for all of them)."""
+    import time
+
+    from index.rwlock import RWLock
+
+    lock, chunks, hold = RWLock(), 40, 0.005
+    started = threading.Event()
+
+    def writer() -> None:
+        for _ in range(chunks):
+            with lock.write():
+                started.set()
+                time.sleep(hold)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    started.wait()
+    waits = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        with lock.read():
+            waits.append(time.perf_counter() - t0)
+    t.join()
+    assert max(waits) < chunks * hold / 4, waits          # one or two chunks, not the whole stream
