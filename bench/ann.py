@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/ann.py                      # 1 M x 128, what bench/results/ann.json holds
     .venv/bin/python bench/ann.py --n 100000 --out /tmp/ann.json   # a quick look
+    .venv/bin/python bench/ann.py --filtered-only      # only "filtered_recall" (200 k rows, ~10 min)
+    .venv/bin/python bench/ann.py --stall-only         # only "stall": small searches beside long batches
 
 Data: clustered synthetic vectors (a Gaussian mixture, 4,096 centres, L2-normalised, like item-tower
 output) and 1,000 held-out queries from the same mixture; ground truth by exact inner product.
@@ -21,6 +23,19 @@ Measurement: every engine is swept in interleaved rounds (all engines at every k
 again, ``--rounds``), each point keeping its best QPS, so a burst of load on the shared 2-core
 machine cannot penalise one engine alone.
 
+Filtered search (``filtered_recall``, also alone with ``--filtered-only``): recall@10 and QPS of
+filtered searches at selectivities 0.01 %, 0.1 %, 1 %, 10 %, 50 % on ``--filtered-n`` rows (200 k:
+built once per distribution), against the exact top 10 among the rows that pass the filter, ours as
+served and hnswlib with its filter callback, at the served ef_search; plus an ablation of our
+strategies (selector only, a widened beam, exact search below row thresholds). Two distributions:
+the bench's own mixture with the filter independent of the vectors, and a harder one (cluster sizes
+from a Zipf law, per-cluster noise, 5 % uniform noise points, the filter made of whole clusters so
+the matches sit away from most queries).
+
+Stall (``stall``, also alone with ``--stall-only``): the index server in its own process; one
+client thread sends long BatchSearch requests back to back, another upserts continuously, and
+small searches are timed meanwhile (p50/p99), against the same small searches on an idle server.
+
 Builds (ours HNSW, hnswlib, usearch: minutes each at 1 M) are cached under data/bench/ with the
 seconds they took; a later run on the same data loads them (``--no-cache`` rebuilds). bench/serve.py
 restores ours from the same snapshot.
@@ -31,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing as mp
 import platform
 import threading
 import time
@@ -347,6 +363,292 @@ def updates(idx: ItemIndex, ids: list[str], d: int, centres: np.ndarray, q: np.n
             "upsert_write_chunk": idx.settings.write_chunk}
 
 
+# ----------------------------------------------------------------------- filtered search
+SELECTIVITIES = [0.0001, 0.001, 0.01, 0.1, 0.5]
+# Our strategies, measured on the same index by changing only these settings (ablation).
+STRATEGIES = {
+    "selector only": {"filter_exact_rows": 0, "filter_boost": 1.0},
+    "selector, beam x 1/selectivity (<= 16)": {"filter_exact_rows": 0, "filter_boost": 16.0},
+    "exact <= 2,000 rows, else widened beam": {"filter_exact_rows": 2_000, "filter_boost": 16.0},
+    "exact <= 20,000 rows, else widened beam": {"filter_exact_rows": 20_000, "filter_boost": 16.0},
+    "exact <= 100,000 rows, else widened beam": {"filter_exact_rows": 100_000, "filter_boost": 16.0},
+}
+
+
+def filtered_data(kind: str, n: int, d: int, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, queries, u): a row passes the filter of selectivity s when u < s.
+
+    "bench": the main bench's mixture, u uniform (the filter ignores the vectors). "hard": cluster
+    sizes from a Zipf law, per-cluster noise 0.5-1.5, 5 % uniform noise points, and u ordered by
+    cluster (a filter keeps whole clusters: its matches sit away from most queries).
+    """
+    rng = np.random.default_rng(40)
+    centres = np.random.default_rng(1).standard_normal((4096, d)).astype(np.float32)
+    if kind == "bench":
+        x, q = clustered(n, d, 2, centres), clustered(nq, d, 3, centres)
+        return x, q, rng.random(n)
+    w = 1.0 / np.arange(1, len(centres) + 1) ** 1.1
+    w /= w.sum()
+
+    def draw(m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        r = np.random.default_rng(seed)
+        c = r.choice(len(centres), m, p=w)
+        noise = (0.5 + (np.arange(len(centres)) % 11) / 10).astype(np.float32)[c]
+        out = centres[c] + noise[:, None] * r.standard_normal((m, d), dtype=np.float32)
+        uniform = r.random(m) < 0.05
+        out[uniform] = r.standard_normal((int(uniform.sum()), d), dtype=np.float32) * 3
+        return out / np.linalg.norm(out, axis=1, keepdims=True), c
+
+    x, cell = draw(n, 41)
+    q, _ = draw(nq, 42)
+    rank = rng.permutation(len(centres))[cell]            # clusters in a random order ...
+    order = np.lexsort((rng.random(n), rank))             # ... rows by cluster, then at random
+    u = np.empty(n)
+    u[order] = (np.arange(n) + 0.5) / n
+    return x, q, u
+
+
+def filtered_truth(x: np.ndarray, q: np.ndarray, u: np.ndarray) -> dict[float, np.ndarray]:
+    """Exact top-10 row numbers among the rows with u < s, per selectivity s (-1 pads)."""
+    best = {s: (np.full((len(q), K), -np.inf, np.float32), np.full((len(q), K), -1, np.int64))
+            for s in SELECTIVITIES + [1.0]}
+    for a in range(0, len(x), 50_000):
+        sims = q @ x[a:a + 50_000].T
+        for s, (bs, bl) in best.items():
+            m = sims if s == 1.0 else np.where(u[a:a + 50_000] < s, sims, -np.inf)
+            cand_s = np.concatenate([bs, m], axis=1)
+            cand_l = np.concatenate([bl, np.broadcast_to(np.arange(a, a + m.shape[1]), m.shape)], axis=1)
+            top = np.argsort(-cand_s, axis=1)[:, :K]
+            best[s] = (np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_l, top, 1))
+    return {s: np.where(np.isfinite(bs), bl, -1) for s, (bs, bl) in best.items()}
+
+
+def filtered_recall(found: list[np.ndarray], truth: np.ndarray) -> float:
+    """Share of the true matches found (all of them when fewer than 10 pass)."""
+    hits = [len(set(f.tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
+            for f, t in zip(found, truth, strict=False)]
+    return float(np.mean(hits))
+
+
+def filtered_part(args, cfg) -> dict[str, Any]:
+    n, nq = args.filtered_n, args.filtered_queries
+    bins = [0.0] + SELECTIVITIES + [1.0]
+    result: dict[str, Any] = {
+        "n": n, "d": args.d, "queries": nq, "k": K, "ef_search": cfg.ef_search,
+        "selectivities": SELECTIVITIES,
+        "served": {"filter_exact_rows": cfg.filter_exact_rows, "filter_boost": cfg.filter_boost},
+        "qps_note": ("single-thread QPS, one query per call, best of interleaved rounds; other helpers "
+                     "used the same 2 cores during the run, so QPS moves between runs; recall does not"),
+        "distributions": {},
+    }
+    try:
+        import hnswlib
+    except ImportError:
+        hnswlib = None
+        result["hnswlib"] = "not installed (pip install -c constraints.txt hnswlib==0.8.0)"
+    for dist in args.filtered_dists.split(","):
+        t0 = time.perf_counter()
+        x, q, u = filtered_data(dist, n, args.d, nq)
+        truth = filtered_truth(x, q, u)
+        ids = [f"item-{i}" for i in range(n)]
+        label_of = {s: i for i, s in enumerate(ids)}
+        cats = [f"b{i}" for i in np.searchsorted(bins, u, side="right") - 1]   # b0: u < 0.0001, ...
+        log.info("filtered %s: data + truth in %.1f s", dist, time.perf_counter() - t0)
+        idx = ItemIndex(cfg.model_copy(update={"kind": "HNSW"}))
+        faiss.omp_set_num_threads(args.build_threads)
+        t0 = time.perf_counter()
+        idx.load_batch(ids, x, categories=cats, model_version="bench")
+        build_s = time.perf_counter() - t0
+        faiss.omp_set_num_threads(1)
+        engines: dict[str, Any] = {}
+        hl = None
+        if hnswlib is not None:
+            hl = hnswlib.Index(space="ip", dim=args.d)
+            hl.init_index(max_elements=n, M=cfg.hnsw_m, ef_construction=cfg.ef_construction, random_seed=0)
+            hl.set_num_threads(args.build_threads)
+            hl.add_items(x, np.arange(n))
+            hl.set_num_threads(1)
+            hl.set_ef(max(cfg.ef_search, K))
+        served = idx.settings
+        filters = {s: {"category": [f"b{i}" for i in range(SELECTIVITIES.index(s) + 1)]} for s in SELECTIVITIES}
+        for name, over in STRATEGIES.items():
+            engines[f"ours: {name}"] = over
+        engines["ours (served)"] = {}
+        if hl is not None:
+            engines["hnswlib (filter callback)"] = hl
+        best: dict[tuple[str, float], dict[str, Any]] = {}
+        for rnd in range(args.rounds):
+            for s in [1.0] + SELECTIVITIES:
+                mask = u < s
+                for name, eng in engines.items():
+                    if s == 1.0 and name.startswith("ours:"):
+                        continue                      # unfiltered: one "ours (served)" point
+                    if isinstance(eng, dict):
+                        idx.settings = served.model_copy(update=eng)
+                        idx._filter_cache.clear()
+                        fn, to_items = _ours_fn(idx, None if s == 1.0 else filters[s], label_of)
+                    else:
+                        fn, to_items = _hnswlib_fn(eng, None if s == 1.0 else mask)
+                    try:
+                        res, qps, _ = timed_queries(fn, q, args.budget_s)
+                    except RuntimeError as e:          # hnswlib: fewer than k matches reachable
+                        log.info("%s at %s: %s", name, s, e)
+                        res, qps = [], 0.0
+                    key = (name, s)
+                    if key not in best:
+                        found = [to_items(r) for r in res]
+                        best[key] = {"recall@10": round(filtered_recall(found, truth[s][: len(res)]), 4)
+                                     if res else None, "qps": 0.0, "queries": len(res)}
+                        if res == [] and not isinstance(eng, dict):
+                            best[key]["error"] = "hnswlib raised: fewer than k results"
+                    best[key]["qps"] = round(max(best[key]["qps"], qps), 1)
+            log.info("filtered %s: round %d of %d", dist, rnd + 1, args.rounds)
+        idx.settings = served
+        idx._filter_cache.clear()
+        table: dict[str, Any] = {}
+        for (name, s), point in best.items():
+            table.setdefault(name, {})["unfiltered" if s == 1.0 else str(s)] = point
+        ok = {str(s): (table["ours (served)"][str(s)]["recall@10"] >= table["ours (served)"]["unfiltered"]["recall@10"])
+              for s in SELECTIVITIES}
+        rows = {str(s): int((u < s).sum()) for s in SELECTIVITIES}
+        result["distributions"][dist] = {
+            "rows_passing": rows, "build_s_ours": round(build_s, 1),
+            "ours": table.pop("ours (served)"),
+            "hnswlib": table.pop("hnswlib (filter callback)", None),
+            "ablation": table,
+            "filtered_recall_at_least_unfiltered": ok,
+        }
+        log.info("filtered %s: %s", dist, json.dumps(result["distributions"][dist]["ours"]))
+    return result
+
+
+def _ours_fn(idx: ItemIndex, f: dict[str, list[str]] | None, label_of: dict[str, int]) -> tuple[Any, Any]:
+    return (lambda row: idx.search_raw(row, K, f)[0][0],
+            lambda r: np.array([label_of[i] for i in r], np.int64))
+
+
+def _hnswlib_fn(ix: Any, mask: np.ndarray | None) -> tuple[Any, Any]:
+    cb = None if mask is None else (lambda label: bool(mask[label]))
+    return lambda row: ix.knn_query(row, k=K, filter=cb)[0][0], lambda r: np.asarray(r, np.int64)
+
+
+# ----------------------------------------------------------------------- stall scenario
+def _stall_server(cfg, n: int, d: int, conn) -> None:
+    """Child process: an HNSW index of n bench vectors behind the gRPC server; sends its port."""
+    from index.server import IndexServer
+
+    centres = np.random.default_rng(1).standard_normal((4096, d)).astype(np.float32)
+    idx = ItemIndex(cfg)
+    faiss.omp_set_num_threads(2)
+    idx.load_batch([f"item-{i}" for i in range(n)], clustered(n, d, 2, centres))
+    faiss.omp_set_num_threads(1)
+    server = IndexServer(cfg, idx).start()
+    conn.send(server.port)
+    conn.recv()                                             # until the parent is done
+    server.stop(0)
+
+
+def stall_part(args, cfg) -> dict[str, Any]:
+    """p50/p99 of small searches (k = 90, as the read path asks) while long BatchSearch requests
+    and upserts run, against an idle server; and the work-limit refusal."""
+    import grpc
+
+    from index.proto import index_pb2 as pb
+    from index.proto import index_pb2_grpc as pb_grpc
+
+    n, d = args.stall_n, args.d
+    cfg = cfg.model_copy(update={"kind": "HNSW", "port": 0, "metrics_port": 0})
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_stall_server, args=(cfg, n, d, child))
+    proc.start()
+    port = parent.recv()
+    centres = np.random.default_rng(1).standard_normal((4096, d)).astype(np.float32)
+    q = clustered(2000, d, 3, centres)
+    batch_q = clustered(128, d, 4, centres)
+    new = clustered(20_000, d, 5, centres)
+    addr = f"127.0.0.1:{port}"
+    out: dict[str, Any] = {"n": n, "d": d, "small_search_k": 90, "batch_queries": 128,
+                           "batch_ef_search": cfg.max_ef_search, "lock_work": cfg.lock_work,
+                           "write_chunk": cfg.write_chunk, "upsert_batch": 64,
+                           "note": "server in its own process; client threads in this one; other "
+                                   "helpers used the same 2 cores"}
+
+    def small(seconds: float) -> list[float]:
+        lat: list[float] = []
+        with grpc.insecure_channel(addr) as ch:
+            stub = pb_grpc.IndexServiceStub(ch)
+            t_end, i = time.perf_counter() + seconds, 0
+            while time.perf_counter() < t_end:
+                req = pb.SearchRequest(vector=q[i % len(q)].tolist(), k=90)
+                t0 = time.perf_counter()
+                stub.Search(req, timeout=60)
+                lat.append((time.perf_counter() - t0) * 1e3)
+                i += 1
+        return lat
+
+    pct = lambda v, p: round(float(np.percentile(v, p)), 3)  # noqa: E731
+    try:
+        idle = small(args.stall_s)
+        stop = threading.Event()
+        batch_ms: list[float] = []
+        upserted = [0]
+
+        def batches() -> None:
+            with grpc.insecure_channel(addr) as ch:
+                stub = pb_grpc.IndexServiceStub(ch)
+                req = pb.BatchSearchRequest(vectors=batch_q.ravel().tolist(), dim=d, k=10,
+                                            ef_search=cfg.max_ef_search)
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    stub.BatchSearch(req, timeout=60)
+                    batch_ms.append((time.perf_counter() - t0) * 1e3)
+
+        def upserts() -> None:
+            with grpc.insecure_channel(addr) as ch:
+                stub = pb_grpc.IndexServiceStub(ch)
+                i = 0
+                while not stop.is_set():
+                    a = (i * 64) % len(new)
+                    items = [pb.Item(id=f"item-{(a + j) * 7 % n}", vector=new[a + j].tolist()) for j in range(64)]
+                    stub.Upsert(pb.UpsertRequest(items=items), timeout=60)
+                    upserted[0] += 64
+                    i += 1
+
+        threads = [threading.Thread(target=batches), threading.Thread(target=upserts)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        busy = small(args.stall_s)
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        for t in threads:
+            t.join()
+        with grpc.insecure_channel(addr) as ch:
+            stub = pb_grpc.IndexServiceStub(ch)
+            over = pb.BatchSearchRequest(vectors=clustered(1024, d, 6, centres).ravel().tolist(), dim=d,
+                                         k=100, ef_search=cfg.max_ef_search)
+            try:
+                stub.BatchSearch(over, timeout=60)
+                refusal = "accepted"
+            except grpc.RpcError as e:
+                refusal = f"{e.code().name}: {e.details()}"
+        out.update({
+            "idle_p50_ms": pct(idle, 50), "idle_p99_ms": pct(idle, 99), "idle_searches": len(idle),
+            "during_p50_ms": pct(busy, 50), "during_p99_ms": pct(busy, 99),
+            "during_max_ms": round(max(busy), 3), "during_searches": len(busy),
+            "batch_median_ms": pct(batch_ms, 50), "batches": len(batch_ms),
+            "upserts_per_s_meanwhile": round(upserted[0] / elapsed, 1),
+            "over_the_work_limit": refusal,
+        })
+        log.info("stall: %s", out)
+    finally:
+        parent.send("stop")
+        proc.join(30)
+    return out
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -387,11 +689,29 @@ def main() -> None:
     ap.add_argument("--deletes", type=int, default=50_000)
     ap.add_argument("--stream-rate", type=float, default=1000.0, help="upserts/s during the p99 test")
     ap.add_argument("--stream-s", type=float, default=10.0)
+    ap.add_argument("--filtered-only", action="store_true",
+                    help="run only the filtered-search part; its key is replaced in --out")
+    ap.add_argument("--filtered-n", type=int, default=200_000, help="rows of the filtered part")
+    ap.add_argument("--filtered-queries", type=int, default=500)
+    ap.add_argument("--filtered-dists", default="bench,hard")
+    ap.add_argument("--stall-only", action="store_true",
+                    help="run only the stall scenario; its key is replaced in --out")
+    ap.add_argument("--stall-n", type=int, default=200_000)
+    ap.add_argument("--stall-s", type=float, default=10.0, help="seconds of small searches, each phase")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/ann.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     cfg = load_settings().index.model_copy(update={"dim": args.d, "compaction_min_dead": 10**9})
+    if args.filtered_only or args.stall_only:
+        previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        if args.filtered_only:
+            previous["filtered_recall"] = filtered_part(args, cfg)
+        if args.stall_only:
+            previous["stall"] = stall_part(args, cfg)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(previous, indent=1))
+        return
     t0 = time.perf_counter()
     centres = np.random.default_rng(1).standard_normal((4096, args.d)).astype(np.float32)
     x = clustered(args.n, args.d, 2, centres)
@@ -444,6 +764,8 @@ def main() -> None:
         "best_qps_at_recall_0.95_per_curve": best,
         "ours_vs_best_peer": round(ours / max(peers), 3) if ours and peers else None,
         **upd,
+        "filtered_recall": filtered_part(args, cfg),
+        "stall": stall_part(args, cfg),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

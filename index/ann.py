@@ -917,22 +917,20 @@ class ItemIndex:
                       k: int) -> list[tuple[list[str], list[float]]]:
         """Score every selected row (float32, exact): complete when fewer than k qualify."""
         assert view.rows is not None
-        m = len(view.rows)
-        if m == 0:
+        if not len(view.rows):
             return [([], []) for _ in range(len(q))]
         if view.vecs is None:
             view.vecs = st.vecs[view.rows]       # (m, d); two threads may both copy: same result
-        sims = q @ view.vecs.T                   # (nq, m)
-        kk = min(k, m)
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < m else \
-            np.broadcast_to(np.arange(m), (len(q), m))
-        top_s = np.take_along_axis(sims, top, 1)
-        order = np.argsort(-top_s, axis=1, kind="stable")
-        labels = view.rows[np.take_along_axis(top, order, 1)]
-        top_s = np.take_along_axis(top_s, order, 1)
-        ids = st.ids
-        return [([ids[lab] for lab in row_l], row_s)
-                for row_l, row_s in zip(labels.tolist(), top_s.tolist(), strict=True)]
+        # FAISS's exhaustive search: SIMD on the calling thread for a few queries (no BLAS threads)
+        scores, top = faiss.knn(q, view.vecs, k, metric=faiss.METRIC_INNER_PRODUCT)   # (nq, k)
+        ids, rows = st.ids, view.rows
+        out = []
+        for row_t, row_s in zip(top.tolist(), scores.tolist(), strict=True):
+            if row_t and row_t[-1] < 0:
+                m = row_t.index(-1)
+                row_t, row_s = row_t[:m], row_s[:m]
+            out.append(([ids[rows[t]] for t in row_t], row_s))
+        return out
 
     def _search_post_filter(self, st: _State, q: np.ndarray, k: int,
                             f: Filter) -> list[tuple[list[str], list[float]]]:

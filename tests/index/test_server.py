@@ -340,3 +340,33 @@ def test_a_long_batch_search_does_not_stall_other_searches(index_server, unit_ve
           f"batch {np.median(batch_s) * 1000:.0f} ms ({len(batch_s)} batches)")
     assert len(batch_s) >= 2 and min(batch_s) > 0.1        # the batches really were long
     assert p99 < 50, f"p99 {p99:.1f} ms"                   # 10 ms on a quiet machine; CPU is shared
+
+
+def test_large_searches_beyond_heavy_requests_are_refused_at_once(index_server, unit_vectors, monkeypatch):
+    """Large searches beyond ``heavy_requests`` are refused at once (RESOURCE_EXHAUSTED), so they can
+    never occupy every handler thread; a small search still runs meanwhile."""
+    import threading
+    import time
+
+    server, addr = index_server(kind="Flat", heavy_requests=1, lock_work=50)
+    server.index.upsert([f"i{i}" for i in range(100)], unit_vectors(100))
+    slow, inside = server.index.search_raw, threading.Event()
+
+    def slow_search(q, *a, **kw):
+        if len(q) > 1:                                   # the batch: hold its slot a while
+            inside.set()
+            time.sleep(1.0)
+        return slow(q, *a, **kw)
+
+    monkeypatch.setattr(server.index, "search_raw", slow_search)
+    batch = pb.BatchSearchRequest(vectors=unit_vectors(4, seed=1).ravel().tolist(), dim=16, k=5)
+    with grpc.insecure_channel(addr) as ch:
+        stub = pb_grpc.IndexServiceStub(ch)
+        first = stub.BatchSearch.future(batch, timeout=10)
+        assert inside.wait(5)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.BatchSearch(batch, timeout=5)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "index.heavy_requests" in e.value.details()
+        assert len(stub.Search(pb.SearchRequest(vector=[0.1] * 16, k=3), timeout=5).ids) == 3
+        assert len(first.result().results) == 4
+        assert len(stub.BatchSearch(batch, timeout=10).results) == 4     # the slot is free again
