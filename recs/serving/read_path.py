@@ -192,11 +192,14 @@ class ReadPath:
         if self.settings.phase >= 2 and cands:
             assert self.index is not None
             cands = cands[: max(4 * k, k + self.settings.extra_fetch)]
-            try:
-                live = self.index.lookup(cands)
-            except (IndexUnavailable, InvalidRequest) as e:
-                self._error("index_unavailable" if isinstance(e, IndexUnavailable)
-                            else "index_invalid_argument", "lookup", user_id, e, fallbacks)
+            live: list[bool] | None = None
+            if "index_unavailable" not in fallbacks:    # one wait for a down index per request
+                try:
+                    live = self.index.lookup(cands)
+                except (IndexUnavailable, InvalidRequest) as e:
+                    self._error("index_unavailable" if isinstance(e, IndexUnavailable)
+                                else "index_invalid_argument", "lookup", user_id, e, fallbacks)
+            if live is None:
                 fallbacks.append(f"{name}_unverified")
                 DROPPED.labels("unverified").inc(len(cands))
                 return []

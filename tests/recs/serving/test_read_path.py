@@ -77,15 +77,18 @@ def test_index_down_is_a_counted_fallback_and_lists_are_withheld(store, index_se
     ids, x = catalogue
     put_user(store, "u4", x[0])
     store.put_recs([RecsList("u4", ("item-1",), "v1", 5)])
+    store.put_trending(RecsList("", ("item-2",), "v1", 5))
     dead = GrpcIndexClient(index_settings.model_copy(update={"client_retries": 0,
                                                              "client_deadline_ms": 200}),
                            [["127.0.0.1:1"]])
     before = counter("recs_serve_fallbacks_total", reason="index_unavailable")
+    lookups = counter("recs_serve_errors_total", where="lookup")
     rec = ReadPath(store, dead, serve_settings).recommend("u4", 5)
     assert rec.items == [] and rec.source == "trending"
     assert rec.fallbacks == ["index_unavailable", "offline_list_unverified", "offline_list_exhausted",
-                             "no_trending"]
+                             "trending_unverified", "no_trending"]
     assert counter("recs_serve_fallbacks_total", reason="index_unavailable") == before + 1
+    assert counter("recs_serve_errors_total", where="lookup") == lookups   # one wait, not three
     assert "index_unavailable in search for user 'u4'" in caplog.text
     app = TestClient(create_app(ReadPath(store, dead, serve_settings)))
     r = app.get("/recommendations/u4")
