@@ -24,6 +24,7 @@ from recs.stores.base import (
     RecsList,
     UserRecord,
     decode_vector,
+    decoded,
     encode_vector,
     record_key,
 )
@@ -91,11 +92,16 @@ class AerospikeStore:
     def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:
         out: list[UserRecord | None] = []
         for uid, b in zip(user_ids, self._read([self._key(KIND_USER, u) for u in user_ids]), strict=True):
-            out.append(None if not b or "emb" not in b else UserRecord(
-                user_id=uid, embedding=decode_vector(b["emb"], b["dtype"]),
-                model_version=b["model_version"], event_ts=int(b["event_ts"]),
-                last_n=tuple(json.loads(b.get("last_n", "[]"))), updated_ts=int(b.get("updated_ts", 0))))
+            out.append(None if not b or "emb" not in b else
+                       decoded(record_key(self.kv.key_prefix, KIND_USER, uid), self._user, uid, b))
         return out
+
+    @staticmethod
+    def _user(uid: str, b: dict[str, Any]) -> UserRecord:
+        return UserRecord(user_id=uid, embedding=decode_vector(b["emb"], b["dtype"]),
+                          model_version=b["model_version"], event_ts=int(b["event_ts"]),
+                          last_n=tuple(json.loads(b.get("last_n", "[]"))),
+                          updated_ts=int(b.get("updated_ts", 0)))
 
     def put_users(self, records: Sequence[UserRecord]) -> list[bool]:
         now, dt = int(time.time() * 1000), self.kv.embedding_dtype
@@ -122,13 +128,13 @@ class AerospikeStore:
               "dtype": dt, "model_version": r.model_version, "status": r.status,
               "category": r.category}) for r in records])
 
-    @staticmethod
-    def _list(key: str, b: dict[str, Any] | None) -> RecsList | None:
+    def _list(self, key: str, b: dict[str, Any] | None) -> RecsList | None:
         if not b:
             return None
-        return RecsList(key=key, items=tuple(json.loads(b["items"])),
-                        scores=tuple(json.loads(b.get("scores", "[]"))),
-                        model_version=b["model_version"], event_ts=int(b["event_ts"]))
+        where = record_key(self.kv.key_prefix, TRENDING if key == "" else KIND_RECS, key)
+        return decoded(where, lambda: RecsList(
+            key=key, items=tuple(json.loads(b["items"])), scores=tuple(json.loads(b.get("scores", "[]"))),
+            model_version=b["model_version"], event_ts=int(b["event_ts"])))
 
     @staticmethod
     def _bins(r: RecsList) -> dict[str, Any]:

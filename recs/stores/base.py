@@ -20,14 +20,15 @@ float32 numpy arrays.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 KIND_USER, KIND_ITEM, KIND_RECS = "user", "item", "recs"
 TRENDING = "trending"
+T = TypeVar("T")
 
 
 class MalformedRecord(ValueError):
@@ -90,6 +91,14 @@ class EmbeddingStore(Protocol):
     def get_trending(self) -> RecsList | None: ...
     def put_trending(self, record: RecsList) -> bool: ...
     def close(self) -> None: ...
+
+
+def decoded(key: str, decode: Callable[..., T], *args: Any) -> T:
+    """``decode(*args)``; a missing field or bad bytes/JSON becomes ``MalformedRecord(key)``."""
+    try:
+        return decode(*args)
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:   # JSON errors are ValueErrors
+        raise MalformedRecord(f"{key}: {type(e).__name__}: {e}") from e
 
 
 def encode_vector(vec: np.ndarray, dtype: str) -> bytes:

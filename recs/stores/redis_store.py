@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -21,15 +21,13 @@ from recs.stores.base import (
     KIND_USER,
     TRENDING,
     ItemVector,
-    MalformedRecord,
     RecsList,
     UserRecord,
     decode_vector,
+    decoded,
     encode_vector,
     record_key,
 )
-
-T = TypeVar("T")
 
 # KEYS[1] = record key; ARGV[1] = event_ts; ARGV[2] = ttl seconds (0 = none); ARGV[3..] = field, value
 PUT_IF_NOT_OLDER = """
@@ -65,14 +63,6 @@ class RedisStore:
             pipe.hgetall(k)
         return pipe.execute()
 
-    @staticmethod
-    def _decode(key: str, decode: Callable[..., T], *args: Any) -> T:
-        """``decode(*args)``; a missing field or bad bytes/JSON becomes ``MalformedRecord(key)``."""
-        try:
-            return decode(*args)
-        except (KeyError, ValueError, UnicodeDecodeError) as e:   # JSON errors are ValueErrors
-            raise MalformedRecord(f"{key}: {type(e).__name__}: {e}") from e
-
     def _write(self, rows: list[tuple[str, int, int, dict[str, Any]]]) -> list[bool]:
         if not rows:
             return []
@@ -92,7 +82,7 @@ class RedisStore:
             if not h or b"emb" not in h:
                 out.append(None)
                 continue
-            out.append(self._decode(self.key(KIND_USER, uid), self._user, uid, h))
+            out.append(decoded(self.key(KIND_USER, uid), self._user, uid, h))
         return out
 
     @staticmethod
@@ -138,7 +128,7 @@ class RedisStore:
         if not h:
             return None
         where = self.key(TRENDING, "") if key == "" else self.key(KIND_RECS, key)
-        return self._decode(where, lambda: RecsList(
+        return decoded(where, lambda: RecsList(
             key=key, items=tuple(json.loads(h[b"items"])), scores=tuple(json.loads(h.get(b"scores", b"[]"))),
             model_version=h[b"model_version"].decode(), event_ts=int(h[b"event_ts"])))
 
