@@ -5,11 +5,31 @@
               "attributes": {str: str|int|float|bool}?, "price": float?,
               "status": "active"|"removed", "ts": epoch_ms}
 
-``parse_click(raw, limits)`` returns a frozen ``Click`` or raises ``ContractError(field, reason)``;
-``parse_listing`` likewise. Unknown extra fields are ignored (producers evolve before consumers do),
-field order never matters, and a bool is never accepted where a number is expected. The JSON Schema
-of each event (``recs contracts schema``) is generated from the same field table, so the documented
-contract and the enforced one cannot drift apart.
+``parse_click(raw, limits)`` returns a frozen ``Click`` or raises ``ContractError(field, reason)``
+and nothing else, whatever the bytes (property-tested); ``parse_listing`` likewise. Unknown extra
+fields are ignored (producers evolve before consumers do), field order never matters, and a bool is
+never accepted where a number is expected. The JSON Schema of each event (``recs contracts schema``)
+is generated from the same field table, so the documented contract and the enforced one cannot
+drift apart.
+
+An accepted record is one every sink and encoder can write (``to_json``, UTF-8, the Redis client,
+Kafka). So the parser also rejects, naming the field:
+- ids (``user_id``, ``item_id``, ``session_id``, ``category``, attribute names and values) outside the
+  id alphabet: valid UTF-8 (no lone surrogate such as ``"\\ud800"``), no control character
+  (U+0000-U+001F, U+007F-U+009F), 1 to ``max_id_chars`` characters, not only whitespace;
+- texts (``title``, ``description``) with a lone surrogate (control characters such as newlines
+  are allowed in texts);
+- a JSON object with a duplicate key, anywhere in the record: the JSON standard leaves the meaning
+  open (Python keeps the last, other parsers the first), so the record is ambiguous;
+- ``NaN``, ``Infinity``, ``-Infinity`` (not JSON) and numbers longer than ``MAX_NUMBER_CHARS``
+  (Python refuses integers of more than 4,300 digits with a ``ValueError``; none is a timestamp);
+- a UTF-8 byte order mark, bad UTF-8, nesting too deep for the parser, records over
+  ``max_record_bytes``.
+
+``parse_or_error`` is the total form a streaming job uses: it returns the record or the
+``ContractError``, and turns any other exception (a parser bug) into ``ContractError("$",
+"unexpected <type>: <message>", unexpected=True)``, so one record can never stop a job.
+``dead_letter`` always produces a JSON document that encodes as UTF-8.
 
 Keys on Kafka (settings ``kafka.topics.click_key/listing_key``): clicks by ``user_id``, listings and
 item embeddings by ``item_id`` by default.
@@ -17,9 +37,12 @@ item embeddings by ``item_id`` by default.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -31,10 +54,11 @@ EventKind = Literal["click", "listing"]
 class ContractError(ValueError):
     """A record that breaks its contract. ``field`` is the JSON field name ("$" = the whole record)."""
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, *, unexpected: bool = False) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+        self.unexpected = unexpected  # True: not a contract rule but an exception the parser did not expect
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,24 +128,73 @@ LISTING_FIELDS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
+# The id alphabet, as a regex character range shared by the parser and the JSON Schema: control
+# characters (C0, DEL, C1) and UTF-16 surrogates are out. A lone surrogate is what a JSON "\ud800"
+# escape decodes to; no UTF-8 encoder (Redis client, Kafka, .encode()) can write it.
+ID_FORBIDDEN = r"\u0000-\u001f\u007f-\u009f\ud800-\udfff"
+TEXT_FORBIDDEN = r"\ud800-\udfff"
+_ID_BAD = re.compile(f"[{ID_FORBIDDEN}]")
+_TEXT_BAD = re.compile(f"[{TEXT_FORBIDDEN}]")
+# No int64 or IEEE double needs more than 25 characters; 100 leaves room for decimals in unknown
+# fields and keeps far below Python's 4,300-digit integer conversion limit (a ValueError).
+MAX_NUMBER_CHARS = 100
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of a value for a reason: escapes surrogates and controls, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _number(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if len(text) > MAX_NUMBER_CHARS:
+            raise ContractError("$", f"a number of {len(text)} characters, limit {MAX_NUMBER_CHARS}")
+        return convert(text)
+    return parse
+
+
+def _not_a_number(name: str) -> Any:
+    raise ContractError("$", f"not valid JSON: {name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ContractError("$", f"duplicate key {_short(key)}")
+        obj[key] = value
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_int=_number(int),
+                            parse_float=_number(float), parse_constant=_not_a_number)
+
+
 def _load(raw: bytes | str | dict[str, Any], limits: ContractSettings) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     if raw is None:
         raise ContractError("$", "empty record (null value)")
+    if not isinstance(raw, bytes | str):
+        raise ContractError("$", f"expected bytes or str, got {type(raw).__name__}")
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
     if size > limits.max_record_bytes:
         raise ContractError("$", f"record is {size} bytes, limit {limits.max_record_bytes}")
     if isinstance(raw, bytes):
+        if raw.startswith(UTF8_BOM):
+            raise ContractError("$", "not valid JSON: starts with a UTF-8 byte order mark (BOM)")
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ContractError("$", f"not valid UTF-8 at byte {e.start}") from None
     try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as e:
-        msg = getattr(e, "msg", "too deeply nested")
-        raise ContractError("$", f"not valid JSON: {msg}") from None
+        obj = _DECODER.decode(raw)
+    except json.JSONDecodeError as e:
+        raise ContractError("$", f"not valid JSON: {e.msg} at character {e.pos}") from None
+    except RecursionError:
+        raise ContractError("$", "not valid JSON: too deeply nested") from None
     if not isinstance(obj, dict):
         raise ContractError("$", f"expected a JSON object, got {_type_name(obj)}")
     return obj
@@ -132,15 +205,32 @@ def _type_name(value: Any) -> str:
             int: "integer", float: "number"}.get(type(value), type(value).__name__)
 
 
+def _check_string(name: str, value: str, bad: re.Pattern[str], limit: int) -> None:
+    if len(value) > limit:
+        raise ContractError(name, f"is {len(value)} characters, limit {limit}")
+    m = bad.search(value)
+    if m:
+        char = ord(m.group())
+        what = "a lone surrogate (not valid UTF-8)" if 0xD800 <= char <= 0xDFFF else "a control character"
+        raise ContractError(name, f"contains {what} U+{char:04X} at index {m.start()}")
+
+
+def _check_id(name: str, value: Any, limits: ContractSettings) -> str:
+    if not isinstance(value, str):
+        raise ContractError(name, f"expected a string, got {_type_name(value)}")
+    if not value.strip():
+        raise ContractError(name, "must not be empty")
+    _check_string(name, value, _ID_BAD, limits.max_id_chars)
+    return value
+
+
 def _check(name: str, kind: str, value: Any, limits: ContractSettings, now_ms: int) -> Any:
-    if kind in ("id", "text"):
+    if kind == "id":
+        return _check_id(name, value, limits)
+    if kind == "text":
         if not isinstance(value, str):
             raise ContractError(name, f"expected a string, got {_type_name(value)}")
-        if kind == "id" and not value.strip():
-            raise ContractError(name, "must not be empty")
-        limit = limits.max_id_chars if kind == "id" else limits.max_text_chars
-        if len(value) > limit:
-            raise ContractError(name, f"is {len(value)} characters, limit {limit}")
+        _check_string(name, value, _TEXT_BAD, limits.max_text_chars)
         return value
     if kind == "ts":
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -160,8 +250,8 @@ def _check(name: str, kind: str, value: Any, limits: ContractSettings, now_ms: i
         return value
     if kind.startswith("enum:"):
         allowed = kind[5:].split(",")
-        if value not in allowed:
-            raise ContractError(name, f"{value!r} is not one of {allowed}")
+        if not isinstance(value, str) or value not in allowed:
+            raise ContractError(name, f"{_short(value)} is not one of {allowed}")
         return value
     if kind == "price":
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -175,10 +265,14 @@ def _check(name: str, kind: str, value: Any, limits: ContractSettings, now_ms: i
         if len(value) > limits.max_attributes:
             raise ContractError(name, f"has {len(value)} entries, limit {limits.max_attributes}")
         for key, v in value.items():
+            try:
+                _check_id(name, key, limits)
+            except ContractError as e:
+                raise ContractError(name, f"name {_short(key, 40)} {e.reason}") from None
             if isinstance(v, dict | list) or v is None:
                 raise ContractError(f"{name}.{key}", f"expected a scalar, got {_type_name(v)}")
-            if isinstance(v, str) and len(v) > limits.max_id_chars:
-                raise ContractError(f"{name}.{key}", f"is {len(v)} characters, limit {limits.max_id_chars}")
+            if isinstance(v, str):
+                _check_string(f"{name}.{key}", v, _ID_BAD, limits.max_id_chars)
             if isinstance(v, float) and not math.isfinite(v):
                 raise ContractError(f"{name}.{key}", f"must be finite, got {v!r}")
         return value
@@ -212,45 +306,85 @@ def parse_listing(raw: bytes | str | dict[str, Any], limits: ContractSettings,
     return Listing(**_parse(raw, LISTING_FIELDS, limits, now_ms))
 
 
-PARSERS = {"click": parse_click, "listing": parse_listing}
+PARSERS: dict[str, Callable[..., Click | Listing]] = {"click": parse_click, "listing": parse_listing}
+
+
+def parse_or_error(kind: EventKind, raw: bytes | str | dict[str, Any], limits: ContractSettings,
+                   now_ms: int | None = None) -> Click | Listing | ContractError:
+    """Total parsing: the record, or the error that rejects it; never raises.
+
+    A ContractError is returned as is; any other exception (a bug: the parser is meant to raise
+    nothing else) becomes ``ContractError("$", "unexpected <type>: <message>", unexpected=True)``
+    so the caller dead-letters and counts it instead of failing the job.
+    """
+    try:
+        return PARSERS[kind](raw, limits, now_ms)
+    except ContractError as e:
+        return e
+    except Exception as e:  # noqa: BLE001 - the point of this function: one record never stops a job
+        return ContractError("$", f"unexpected {type(e).__name__}: {_encodable(str(e))[:300]}", unexpected=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Dead letters: what a job writes to <topic>.dlq for a rejected record. Nothing is lost: the raw
 # record travels in full (base64 when it is not UTF-8).
 # ---------------------------------------------------------------------------------------------
-def dead_letter(raw: bytes | str | None, error: ContractError, source_topic: str,
-                now_ms: int | None = None) -> str:
-    import base64
+def _encodable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot write (lone surrogates) as a backslash escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
+
+def dead_letter(raw: bytes | str | None, error: ContractError, source_topic: str,
+                now_ms: int | None = None, stage: str = "parse") -> str:
+    """The dead-letter JSON for one rejected record; always encodes as UTF-8.
+
+    ``{"source_topic", "stage", "field", "reason", "rejected_at", "raw" | "raw_b64"}``: ``raw`` is the
+    record as text when it is valid UTF-8 (``null`` for a null value), else ``raw_b64`` holds its
+    bytes in base64 (a str with lone surrogates: its bytes under UTF-8 "surrogatepass"). ``stage``
+    says which step rejected it: ``parse`` or the sink's name (``sink:redis``).
+    """
     doc: dict[str, Any] = {
-        "source_topic": source_topic,
-        "field": error.field,
-        "reason": error.reason,
+        "source_topic": _encodable(source_topic),
+        "stage": _encodable(stage),
+        "field": _encodable(error.field),
+        "reason": _encodable(error.reason),
         "rejected_at": int(time.time() * 1000) if now_ms is None else now_ms,
     }
-    if isinstance(raw, bytes):
+    if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+            doc["raw"] = raw
+        except UnicodeEncodeError:
+            doc["raw_b64"] = base64.b64encode(raw.encode("utf-8", "surrogatepass")).decode("ascii")
+    elif isinstance(raw, bytes):
         try:
             doc["raw"] = raw.decode("utf-8")
         except UnicodeDecodeError:
             doc["raw_b64"] = base64.b64encode(raw).decode("ascii")
     else:
-        doc["raw"] = raw
+        doc["raw"] = None if raw is None else _encodable(repr(raw))
     return json.dumps(doc, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------------------------
 # JSON Schema (draft 2020-12), generated from the field tables.
 # ---------------------------------------------------------------------------------------------
+def _id_schema(limits: ContractSettings) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": limits.max_id_chars,
+            "allOf": [{"pattern": r"\S"}, {"pattern": f"^[^{ID_FORBIDDEN}]*$"}]}
+
+
 def json_schema(kind: EventKind, limits: ContractSettings) -> dict[str, Any]:
+    """The JSON Schema of one event. What it cannot say, the parser still enforces: the
+    future-timestamp limit (clock-dependent), duplicate keys, NaN/Infinity, number length."""
     fields = CLICK_FIELDS if kind == "click" else LISTING_FIELDS
     props: dict[str, Any] = {}
     for name, k, _required in fields:
         if k == "id":
-            props[name] = {"type": "string", "minLength": 1, "maxLength": limits.max_id_chars,
-                           "pattern": r"\S"}
+            props[name] = _id_schema(limits)
         elif k == "text":
-            props[name] = {"type": "string", "maxLength": limits.max_text_chars}
+            props[name] = {"type": "string", "maxLength": limits.max_text_chars,
+                           "pattern": f"^[^{TEXT_FORBIDDEN}]*$"}
         elif k == "ts":
             props[name] = {"type": "integer", "minimum": limits.min_ts_ms,
                            "description": "epoch milliseconds; at most "
@@ -261,8 +395,10 @@ def json_schema(kind: EventKind, limits: ContractSettings) -> dict[str, Any]:
             props[name] = {"type": "number", "minimum": 0}
         elif k == "attributes":
             props[name] = {"type": "object", "maxProperties": limits.max_attributes,
+                           "propertyNames": _id_schema(limits),
                            "additionalProperties": {
-                               "anyOf": [{"type": "string", "maxLength": limits.max_id_chars},
+                               "anyOf": [{"type": "string", "maxLength": limits.max_id_chars,
+                                          "pattern": f"^[^{ID_FORBIDDEN}]*$"},
                                          {"type": "number"}, {"type": "boolean"}]}}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -290,8 +426,6 @@ class ItemEmbedding:
     category: str | None = None
 
     def encode(self) -> bytes:
-        import base64
-
         import numpy as np
 
         vec = np.ascontiguousarray(self.embedding, dtype="<f4")
@@ -303,8 +437,6 @@ class ItemEmbedding:
     @staticmethod
     def decode(key: bytes | str, value: bytes | None) -> ItemEmbedding | None:
         """Decode one topic record; None means the item was removed (tombstone)."""
-        import base64
-
         import numpy as np
 
         if value is None:

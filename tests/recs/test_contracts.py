@@ -3,10 +3,12 @@ import json
 
 import jsonschema
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conf import load_settings
+from recs import contracts
 from recs.contracts import (
     Click,
     ContractError,
@@ -16,9 +18,13 @@ from recs.contracts import (
     json_schema,
     parse_click,
     parse_listing,
+    parse_or_error,
 )
+from recs.testing.poison import click_poison
 
 LIMITS = load_settings().contracts
+# Any character, lone surrogates and controls included (hypothesis leaves surrogates out by default).
+ANY_CHAR = st.characters(codec=None, exclude_categories=())
 NOW = 1_795_000_000_000  # fixed "now" so far-future checks are deterministic
 TS = 1_790_812_800_000
 CLICK = {"user_id": "u1", "item_id": "i9", "ts": TS, "event": "click", "session_id": "s1"}
@@ -102,7 +108,7 @@ MALFORMED_CLICKS = [
     (click(ts=10**30), "ts", "in the future"),
     (click(event="purchase"), "event", "'purchase' is not one of ['click']"),
     (click(event=1), "event", "is not one of"),
-    (b'{"user_id": "u1", "item_id": "i1", "ts": NaN, "event": "click"}', "ts", "integer epoch"),
+    (b'{"user_id": "u1", "item_id": "i1", "ts": NaN, "event": "click"}', "$", "NaN is not a JSON number"),
 ]
 
 
@@ -130,7 +136,14 @@ MALFORMED_LISTINGS = [
     (listing(attributes={"colour": "r" * 129}), "attributes.colour", "limit 128"),
     (listing(category=""), "category", "must not be empty"),
     (b'{"item_id": "i1", "title": "t", "status": "active", "ts": 1790812800000, "price": Infinity}',
-     "price", "finite number"),
+     "$", "Infinity is not a JSON number"),
+    (listing(price=1e308 * 10), "$", "Infinity is not a JSON number"),
+    (listing(title="dress \ud800"), "title", "lone surrogate"),
+    (listing(description="\udfff"), "description", "lone surrogate (not valid UTF-8) U+DFFF at index 0"),
+    (listing(category="dresses\x00"), "category", "control character U+0000"),
+    (listing(attributes={"col\x1bour": "red"}), "attributes", "control character U+001B"),
+    (listing(attributes={"": "red"}), "attributes", "must not be empty"),
+    (listing(attributes={"colour": "red\ud83d"}), "attributes.colour", "lone surrogate"),
 ]
 
 
@@ -141,23 +154,9 @@ def test_malformed_listing_is_rejected_naming_the_field(raw, field, reason):
     assert (err.value.field, reason in err.value.reason) == (field, True), err.value.reason
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=300),
-                 st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
-                              lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
-                                                                                  max_size=6))
-                 .map(lambda v: json.dumps(v).encode())))
-def test_any_input_gives_a_record_or_a_contract_error(raw):
-    for parse in (parse_click, parse_listing):
-        try:
-            parse(raw, LIMITS, NOW)
-        except ContractError as e:
-            assert e.field and e.reason
-
-
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.fixed_dictionaries({
-    "user_id": st.one_of(st.text(max_size=140), st.integers(), st.none()),
+    "user_id": st.one_of(st.text(max_size=140), st.text(ANY_CHAR, max_size=6), st.integers(), st.none()),
     "item_id": st.text(min_size=0, max_size=5),
     "ts": st.one_of(st.integers(min_value=-10, max_value=NOW), st.booleans(), st.text(max_size=3)),
     "event": st.sampled_from(["click", "view", 3]),
@@ -182,8 +181,8 @@ def test_json_schema_agrees_with_the_parser(doc):
 def test_dead_letter_keeps_the_whole_record_and_the_reason():
     err = ContractError("ts", "is negative (-1)")
     doc = json.loads(dead_letter(b'{"ts": -1}', err, "clicks", now_ms=5))
-    assert doc == {"source_topic": "clicks", "field": "ts", "reason": "is negative (-1)", "rejected_at": 5,
-                   "raw": '{"ts": -1}'}
+    assert doc == {"source_topic": "clicks", "stage": "parse", "field": "ts", "reason": "is negative (-1)",
+                   "rejected_at": 5, "raw": '{"ts": -1}'}
     binary = json.loads(dead_letter(b"\xff\x00", err, "clicks", now_ms=5))
     assert base64.b64decode(binary["raw_b64"]) == b"\xff\x00" and "raw" not in binary
 
@@ -202,3 +201,165 @@ def test_item_embedding_round_trip_and_tombstone():
         ItemEmbedding.decode(b"other", rec.encode())
     with pytest.raises(ContractError, match="bad item_embeddings record"):
         ItemEmbedding.decode(b"i1", b'{"emb": 1}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Total parsing (issue 8): only ContractError, whatever the input; accepted records encode anywhere.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("poison", click_poison(LIMITS), ids=lambda p: p.name)
+def test_every_poison_record_is_a_contract_error_naming_field_and_reason(poison):
+    with pytest.raises(ContractError) as err:
+        parse_click(poison.raw, LIMITS, NOW)
+    assert (err.value.field, poison.reason in err.value.reason) == (poison.field, True), err.value.reason
+    assert not err.value.unexpected
+    _assert_dead_letter_encodes(poison.raw, err.value)
+
+
+def test_duplicate_keys_are_rejected_even_when_the_values_agree():
+    raw = b'{"user_id": "u1", "user_id": "u1", "item_id": "i9", "ts": 1790812800000, "event": "click"}'
+    with pytest.raises(ContractError, match="duplicate key 'user_id'"):
+        parse_click(raw, LIMITS, NOW)
+
+
+def test_parse_or_error_turns_an_unexpected_exception_into_a_counted_contract_error(monkeypatch):
+    def broken(raw, limits, now_ms=None):
+        raise ValueError("Exceeds the limit (4300 digits) for integer string conversion \ud800")
+
+    monkeypatch.setitem(contracts.PARSERS, "click", broken)
+    err = parse_or_error("click", b"{}", LIMITS, NOW)
+    assert isinstance(err, ContractError) and err.unexpected
+    assert err.field == "$" and err.reason.startswith("unexpected ValueError: Exceeds the limit (4300 digits)")
+    _assert_dead_letter_encodes(b"{}", err)
+
+
+def test_parse_or_error_returns_records_and_contract_errors():
+    assert parse_or_error("click", click(), LIMITS, NOW) == Click("u1", "i9", TS, "click", "s1")
+    err = parse_or_error("click", click(ts=-1), LIMITS, NOW)
+    assert isinstance(err, ContractError) and (err.field, err.unexpected) == ("ts", False)
+
+
+def test_dead_letter_always_encodes_lone_surrogates_as_base64():
+    err = ContractError("user_id\ud800", "reason \udfff")
+    doc = json.loads(_assert_dead_letter_encodes("u\ud800", err))
+    assert base64.b64decode(doc["raw_b64"]) == "u\ud800".encode("utf-8", "surrogatepass")
+    assert (doc["field"], doc["reason"]) == ("user_id\\ud800", "reason \\udfff")
+    assert json.loads(dead_letter(None, err, "clicks"))["raw"] is None
+
+
+REDIS_ENCODER = redis.connection.Encoder("utf-8", "strict", False)
+
+
+def _assert_dead_letter_encodes(raw, error):
+    text = dead_letter(raw, error, "clicks")
+    text.encode("utf-8")  # the Kafka sink writes UTF-8
+    doc = json.loads(text)
+    if isinstance(raw, bytes):
+        assert (base64.b64decode(doc["raw_b64"]) if "raw_b64" in doc else doc["raw"].encode()) == raw
+    return text
+
+
+def _assert_writable(record):
+    """An accepted record goes through every encoder the jobs use and parses back to itself."""
+    text = record.to_json()
+    data = text.encode("utf-8")
+    assert json.loads(json.dumps(json.loads(data))) == json.loads(text)
+    for value in json.loads(text).values():
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            REDIS_ENCODER.encode(value)
+    for key in ("user_id", "item_id"):
+        if hasattr(record, key):
+            REDIS_ENCODER.encode(f"clicks:{getattr(record, key)}")
+    again = (parse_click if isinstance(record, Click) else parse_listing)(data, LIMITS, NOW)
+    assert again == record
+
+
+def _assert_total(raw):
+    for parse in (parse_click, parse_listing):
+        try:
+            record = parse(raw, LIMITS, NOW)
+        except ContractError as e:
+            assert e.field and e.reason and not e.unexpected
+            _assert_dead_letter_encodes(raw, e)
+        else:
+            _assert_writable(record)
+
+
+ADVERSARIAL_TEXT = st.one_of(
+    st.text(ANY_CHAR, max_size=12),
+    st.sampled_from(["\ud800", "\udfff", "u\x00", "\x7f", "\x85", " ", "\u2028", "\ufeff", "", "click"]),
+    st.text(min_size=1, max_size=3).map(lambda t: t * 60),
+)
+ADVERSARIAL_NUMBER = st.one_of(
+    st.integers(), st.floats(), st.just(TS),
+    st.integers(min_value=20, max_value=5000).map(lambda n: "9" * n),     # raw JSON text, see _number_text
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-0", "1E400", "0.1e-400"]),
+)
+
+
+def _number_text(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@st.composite
+def mutated_clicks(draw):
+    """A valid click with one to three fields replaced by adversarial JSON text."""
+    doc = {k: json.dumps(v) for k, v in CLICK.items()}
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from([*CLICK, "extra"]))
+        doc[name] = draw(st.one_of(
+            ADVERSARIAL_TEXT.map(lambda t: json.dumps(t)),  # ensure_ascii: surrogates as \udXXX escapes
+            ADVERSARIAL_NUMBER.map(_number_text),
+            st.sampled_from(["null", "true", "[]", "{}", '{"a": 1, "a": 2}', "[" * 3000 + "]" * 3000]),
+        ))
+    body = ", ".join(f"{json.dumps(k)}: {v}" for k, v in doc.items())
+    if draw(st.booleans()):
+        body += f", {json.dumps(draw(st.sampled_from(list(CLICK))))}: {json.dumps(draw(ADVERSARIAL_TEXT))}"
+    raw = ("{" + body + "}").encode()
+    return draw(st.sampled_from([raw, b"\xef\xbb\xbf" + raw, raw[: draw(st.integers(0, len(raw)))]]))
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | ADVERSARIAL_TEXT,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(ADVERSARIAL_TEXT, c, max_size=3), max_leaves=4)
+EVENT_KEYS = st.sampled_from(sorted({*CLICK, *LISTING}))
+
+STRATEGIES = {
+    "arbitrary bytes": st.binary(max_size=400),
+    # a valid click or listing with some fields (or new ones) holding any JSON value, or any JSON
+    # value; lone surrogates escaped (ASCII) or written raw (then not valid UTF-8)
+    "arbitrary JSON": st.tuples(st.one_of(
+        st.dictionaries(EVENT_KEYS | ADVERSARIAL_TEXT, JSON_VALUES, max_size=4).map(lambda d: {**CLICK, **d}),
+        st.dictionaries(EVENT_KEYS | ADVERSARIAL_TEXT, JSON_VALUES, max_size=4).map(lambda d: {**LISTING, **d}),
+        JSON_VALUES), st.booleans()).map(
+        lambda t: json.dumps(t[0], ensure_ascii=t[1]).encode("utf-8", "surrogatepass")),
+    "mutated clicks": mutated_clicks(),
+    "deep nesting": st.tuples(st.integers(1, 6_000), st.sampled_from(["[", '{"a": '])).map(
+        lambda t: (t[1] * t[0] + "1" + ("]" if t[1] == "[" else "}") * t[0]).encode()),
+}
+EXAMPLES = 2000
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_parsing_is_total_and_accepted_records_encode_everywhere(name):
+    """Only ContractError, for every strategy, EXAMPLES examples each."""
+
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+    @given(STRATEGIES[name])
+    def run(raw):
+        _assert_total(raw)
+
+    run()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@given(st.builds(Click, user_id=st.text(ANY_CHAR, min_size=1, max_size=140), item_id=st.text(ANY_CHAR, max_size=8),
+                 ts=st.integers(LIMITS.min_ts_ms, NOW), session_id=st.none() | st.text(ANY_CHAR, max_size=8)))
+def test_what_the_parser_accepts_every_encoder_writes(candidate):
+    """Records built from any characters: either rejected, or writable by every encoder."""
+    try:
+        fields = ("user_id", "item_id", "ts", "event", "session_id")
+        record = parse_click(json.dumps({k: getattr(candidate, k) for k in fields
+                                         if getattr(candidate, k) is not None}), LIMITS, NOW)
+    except ContractError:
+        return
+    _assert_writable(record)
