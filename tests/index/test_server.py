@@ -370,3 +370,25 @@ def test_large_searches_beyond_heavy_requests_are_refused_at_once(index_server, 
         assert len(stub.Search(pb.SearchRequest(vector=[0.1] * 16, k=3), timeout=5).ids) == 3
         assert len(first.result().results) == 4
         assert len(stub.BatchSearch(batch, timeout=10).results) == 4     # the slot is free again
+
+
+class _LateContext(_ExpiredContext):
+    """Time left when the handler starts, none when it ends (the caller gave up meanwhile)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def time_remaining(self) -> float:
+        self.calls += 1
+        return 1.0 if self.calls == 1 else 0.0
+
+
+def test_an_answer_after_the_deadline_is_not_counted_ok(make_index_settings, unit_vectors):
+    from index.server import IndexServicer
+
+    s = make_index_settings(kind="Flat")
+    idx = ItemIndex(s)
+    idx.upsert(["a"], unit_vectors(1))
+    ok, late = _requests_total("Search", "OK"), _requests_total("Search", "DEADLINE_EXCEEDED")
+    IndexServicer(idx, s).Search(pb.SearchRequest(vector=unit_vectors(1)[0].tolist(), k=1), _LateContext())
+    assert (_requests_total("Search", "OK"), _requests_total("Search", "DEADLINE_EXCEEDED")) == (ok, late + 1)
