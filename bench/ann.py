@@ -27,7 +27,8 @@ Filtered search (``filtered_recall``, also alone with ``--filtered-only``): reca
 filtered searches at selectivities 0.01 %, 0.1 %, 1 %, 10 %, 50 % on ``--filtered-n`` rows (200 k:
 built once per distribution), against the exact top 10 among the rows that pass the filter, ours as
 served and hnswlib with its filter callback, at the served ef_search; plus an ablation of our
-strategies (selector only, a widened beam, exact search below row thresholds). Two distributions:
+strategies (selector only, widened beams, entry points sampled from the matching rows, exact
+search below row thresholds). Two distributions:
 the bench's own mixture with the filter independent of the vectors, and a harder one (cluster sizes
 from a Zipf law, per-cluster noise, 5 % uniform noise points, the filter made of whole clusters so
 the matches sit away from most queries).
@@ -366,12 +367,14 @@ def updates(idx: ItemIndex, ids: list[str], d: int, centres: np.ndarray, q: np.n
 # ----------------------------------------------------------------------- filtered search
 SELECTIVITIES = [0.0001, 0.001, 0.01, 0.1, 0.5]
 # Our strategies, measured on the same index by changing only these settings (ablation).
-STRATEGIES = {
-    "selector only": {"filter_exact_rows": 0, "filter_boost": 1.0},
-    "selector, beam x 1/selectivity (<= 16)": {"filter_exact_rows": 0, "filter_boost": 16.0},
-    "exact <= 2,000 rows, else widened beam": {"filter_exact_rows": 2_000, "filter_boost": 16.0},
-    "exact <= 20,000 rows, else widened beam": {"filter_exact_rows": 20_000, "filter_boost": 16.0},
-    "exact <= 100,000 rows, else widened beam": {"filter_exact_rows": 100_000, "filter_boost": 16.0},
+STRATEGIES = {     # max_k 10: so that "exact <= 0 rows" really means never exact (the floor is max_k)
+    "selector only": {"filter_exact_rows": 0, "max_k": K, "filter_boost": 1.0, "filter_seeds": 0},
+    "selector, beam x min(16, 1/sel)": {"filter_exact_rows": 0, "max_k": K, "filter_widen": 1.0,
+                                        "filter_seeds": 0},
+    "selector, beam x min(16, 8/sel)": {"filter_exact_rows": 0, "max_k": K, "filter_seeds": 0},
+    "selector, 16 seeds, beam x min(16, 8/sel)": {"filter_exact_rows": 0, "max_k": K},
+    "exact <= 2,000 rows, else seeds + beam": {"filter_exact_rows": 2_000},
+    "exact <= 20,000 rows, else seeds + beam": {"filter_exact_rows": 20_000},
 }
 
 
@@ -436,7 +439,8 @@ def filtered_part(args, cfg) -> dict[str, Any]:
     result: dict[str, Any] = {
         "n": n, "d": args.d, "queries": nq, "k": K, "ef_search": cfg.ef_search,
         "selectivities": SELECTIVITIES,
-        "served": {"filter_exact_rows": cfg.filter_exact_rows, "filter_boost": cfg.filter_boost},
+        "served": {"filter_exact_rows": cfg.filter_exact_rows, "filter_widen": cfg.filter_widen,
+                   "filter_boost": cfg.filter_boost, "filter_seeds": cfg.filter_seeds},
         "qps_note": ("single-thread QPS, one query per call, best of interleaved rounds; other helpers "
                      "used the same 2 cores during the run, so QPS moves between runs; recall does not"),
         "distributions": {},

@@ -122,6 +122,7 @@ class Filter:
 
 _NO_FILTER = Filter()
 _VIEW_BYTES = 256 << 20     # filter views cached (bitmaps + gathered rows) before the cache is cleared
+_SEED_SAMPLE = 4096         # matching rows sampled per broad filter to pick a search's entry points from
 
 
 @dataclass(slots=True)
@@ -134,10 +135,13 @@ class _FilterView:
     count: int
     rows: np.ndarray | None = None      # (m,) int64
     vecs: np.ndarray | None = None      # (m, d) float32 = state.vecs[rows]
+    seeds: np.ndarray | None = None     # (s,) int32: a fixed sample of the rows (HNSW entry points)
+    seed_vecs: np.ndarray | None = None  # (s, d) float32
 
     @property
     def nbytes(self) -> int:
-        return self.bits.nbytes + sum(a.nbytes for a in (self.rows, self.vecs) if a is not None)
+        return self.bits.nbytes + sum(a.nbytes for a in (self.rows, self.vecs, self.seeds, self.seed_vecs)
+                                      if a is not None)
 
 
 @dataclass
@@ -738,6 +742,14 @@ class ItemIndex:
         count = int(np.count_nonzero(mask))
         rows = np.flatnonzero(mask) if count <= self._exact_rows else None
         view = _FilterView(st.version, np.packbits(mask, bitorder="little"), count, rows)
+        if rows is None and st.built_as == "HNSW" and self.settings.filter_seeds:
+            # A broad filter on the graph: start the search from the sampled matching rows nearest
+            # the query (besides nothing else), so matches that sit away from the query's own
+            # neighbourhood are reached (a filter of whole clusters). Sample fixed by seed.
+            sel = np.flatnonzero(mask)
+            take = np.random.default_rng(0).choice(len(sel), min(len(sel), _SEED_SAMPLE), replace=False)
+            view.seeds = sel[np.sort(take)].astype(np.int32)
+            view.seed_vecs = st.vecs[view.seeds]
         if len(self._filter_cache) > 256 or sum(v.nbytes for v in list(self._filter_cache.values())) > _VIEW_BYTES:
             self._filter_cache.clear()
         self._filter_cache[f.key] = view
@@ -801,9 +813,10 @@ class ItemIndex:
         return max(1, st.n)
 
     def _widen(self, st: _State, count: int, k: int, knobs: Mapping[str, int]) -> Mapping[str, int]:
-        """A broader beam for a filter that selects a fraction of the rows: x 1/fraction, capped."""
+        """A broader beam for a filter that selects a fraction f of the rows: x filter_widen / f,
+        at most x filter_boost (and at most max_ef_search / nlist)."""
         s = self.settings
-        boost = min(float(s.filter_boost), st.n / max(1, count))
+        boost = min(float(s.filter_boost), s.filter_widen * st.n / max(1, count))
         if boost <= 1.0:
             return knobs
         if st.built_as == "HNSW":
@@ -873,24 +886,39 @@ class ItemIndex:
                     f"limit {s.max_search_work:,} (index.max_search_work); send fewer queries or a "
                     f"smaller k / ef_search / nprobe")
             group = max(1, s.lock_work // per)
-            out = self._search_locked(st, q[:group], k, f, view, kn)
+            exact = self._gathered(st, view)
+            out = [] if exact else self._search_locked(st, q[:group], k, f, view, kn)
         finally:
             lock.release_read()
+        if exact:                           # scored outside the lock: the view is a private copy
+            out = self._search_exact(st, exact, q[:group], k)
         for a in range(group, nq, group):   # re-take the lock between groups: writes get their turn
             lock.acquire_read()
             try:
                 st = self._st
                 _, view, kn = self._plan(st, f, k, knobs)
-                out += self._search_locked(st, q[a:a + group], k, f, view, kn)
+                exact = self._gathered(st, view)
+                if not exact:
+                    out += self._search_locked(st, q[a:a + group], k, f, view, kn)
             finally:
                 lock.release_read()
+            if exact:
+                out += self._search_exact(st, exact, q[a:a + group], k)
         return out
+
+    @staticmethod
+    def _gathered(st: _State, view: _FilterView | None) -> _FilterView | None:
+        """Under the read lock: the view when this is an exact search, its rows' vectors copied once
+        a version (rows are append-only, so the copy and ``st.ids`` stay right after the lock)."""
+        if view is None or view.rows is None:
+            return None
+        if view.vecs is None:
+            view.vecs = st.vecs[view.rows]       # (m, d); two threads may both copy: same result
+        return view
 
     def _search_locked(self, st: _State, q: np.ndarray, k: int, f: Filter, view: _FilterView | None,
                        knobs: Mapping[str, int]) -> list[tuple[list[str], list[float]]]:
         """One group of queries, under the read lock."""
-        if view is not None and view.rows is not None:
-            return self._search_exact(st, view, q, k)
         if self.on_gpu:
             return self._search_post_filter(st, q, k, f)
         if view is not None:
@@ -901,7 +929,15 @@ class ItemIndex:
         nq = len(q)                                 # FAISS's own search(), minus its Python checks
         scores = np.empty((nq, k), np.float32)
         labels = np.empty((nq, k), np.int64)
-        st.index.search_c(nq, _ptr(q), k, _ptr(scores), _ptr(labels), params)
+        if view is not None and view.seeds is not None and view.seed_vecs is not None:
+            e = min(self.settings.filter_seeds, len(view.seeds))
+            near_s, near = faiss.knn(q, view.seed_vecs, e, metric=faiss.METRIC_INNER_PRODUCT)   # (nq, e)
+            entry = np.ascontiguousarray(view.seeds[near], np.int32)
+            entry_d = np.ascontiguousarray(near_s, np.float32)      # similarities, as FAISS returns them
+            st.index.search_level_0(nq, _ptr(q), k, _ptr(entry), _ptr(entry_d), _ptr(scores),
+                                    _ptr(labels), e, 2, params)
+        else:
+            st.index.search_c(nq, _ptr(q), k, _ptr(scores), _ptr(labels), params)
         del params
         ids = st.ids
         out = []
@@ -916,11 +952,9 @@ class ItemIndex:
     def _search_exact(st: _State, view: _FilterView, q: np.ndarray,
                       k: int) -> list[tuple[list[str], list[float]]]:
         """Score every selected row (float32, exact): complete when fewer than k qualify."""
-        assert view.rows is not None
+        assert view.rows is not None and view.vecs is not None
         if not len(view.rows):
             return [([], []) for _ in range(len(q))]
-        if view.vecs is None:
-            view.vecs = st.vecs[view.rows]       # (m, d); two threads may both copy: same result
         # FAISS's exhaustive search: SIMD on the calling thread for a few queries (no BLAS threads)
         scores, top = faiss.knn(q, view.vecs, k, metric=faiss.METRIC_INNER_PRODUCT)   # (nq, k)
         ids, rows = st.ids, view.rows
