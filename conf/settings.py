@@ -226,6 +226,8 @@ class IndexSettings(_Section):
     heavy_requests: int = Field(ge=1)
     filter_exact_rows: int = Field(ge=0)
     filter_boost: float = Field(ge=1)
+    filter_seeds: int = Field(ge=0)
+    filter_widen: float = Field(gt=0)
     max_id_chars: int | None = Field(default=None, ge=1)  # None: contracts.max_id_chars (filled below)
     metrics_port: int = Field(ge=0, lt=65536)
     snapshot_dir: Path
