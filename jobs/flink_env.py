@@ -5,32 +5,42 @@ Settings decide everything here (DEPENDENCIES.md explains the choices):
   ``env.add_jars`` is the way that reaches the Python gateway);
 - Python workers run this interpreter (``python.executable``), else "No module named 'pyflink'";
 - ``python.fn-execution.bundle.time/size`` bound freshness: the 1 s default alone costs a second;
-- checkpoints every ``flink.checkpoint_interval_ms`` carry the source offsets.
+- checkpoints every ``flink.checkpoint_interval_ms`` carry the source offsets;
+- the restart strategy is bounded (``restart_config``): exponential delay, at most
+  ``flink.restart_attempts`` restarts, then the job FAILS visibly instead of looping in RESTARTING.
 """
 
 from __future__ import annotations
 
 import sys
 
-from pyflink.common import Configuration, WatermarkStrategy
-from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
+from pyflink.common import Configuration
+from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
-from pyflink.datastream.connectors.kafka import (
-    KafkaOffsetsInitializer,
-    KafkaRecordSerializationSchema,
-    KafkaSink,
-    KafkaSource,
-)
+from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
 
-from conf.settings import Settings
+from conf.settings import FlinkSettings, Settings
 
 CONNECTOR_JARS = ("flink-connector-kafka.jar", "kafka-clients.jar")
+
+
+def restart_config(f: FlinkSettings) -> dict[str, str]:
+    """The job's restart strategy: exponential delay, bounded (Flink configuration keys)."""
+    return {
+        "restart-strategy.type": "exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff": f"{f.restart_initial_delay_ms} ms",
+        "restart-strategy.exponential-delay.max-backoff": f"{f.restart_max_delay_ms} ms",
+        "restart-strategy.exponential-delay.backoff-multiplier": "2.0",
+        "restart-strategy.exponential-delay.attempts-before-reset-backoff": str(f.restart_attempts),
+    }
 
 
 def make_env(settings: Settings) -> StreamExecutionEnvironment:
     f = settings.flink
     config = Configuration()
+    for key, value in restart_config(f).items():
+        config.set_string(key, value)
     config.set_string("python.execution-mode", f.python_execution_mode)
     config.set_string("python.fn-execution.bundle.time", str(f.bundle_time_ms))
     config.set_string("python.fn-execution.bundle.size", str(f.bundle_size))
@@ -61,43 +71,47 @@ def _kafka_props(settings: Settings) -> dict[str, str]:
     return props
 
 
-def committed_or_earliest() -> KafkaOffsetsInitializer:
-    """Committed group offsets, else earliest.
-
-    PyFlink's ``KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)`` looks
-    up a *shaded* ``OffsetResetStrategy`` that the available connector jar (4.0.1-2.0, unshaded
-    kafka-clients) does not have, so the Java initializer is built here directly.
-    """
-    from pyflink.java_gateway import get_gateway
-
-    jvm = get_gateway().jvm
-    strategy = jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST
-    initializer = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
-    return KafkaOffsetsInitializer(initializer.committedOffsets(strategy))
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def kafka_source(env: StreamExecutionEnvironment, settings: Settings, topic: str, group_id: str,
                  name: str) -> DataStream:
-    """Raw values of ``topic`` as bytes; resumes from the group's committed offsets, else earliest.
+    """Raw values of ``topic`` as ``Row(value)``: ``value`` is bytes, or None for a null value.
 
     Bytes, not strings: the parser then sees exactly what was produced (invalid UTF-8 reaches the
-    dead-letter topic intact, base64-encoded), and a null value (tombstone) is skipped by the
-    connector instead of failing the job in a restart loop as ``SimpleStringSchema`` does. A null
-    value carries no event, so nothing is lost.
+    dead-letter topic intact, base64-encoded). A null value (tombstone) reaches the parser, which
+    counts it (metric ``recs.null_values``): the DataStream Kafka source would drop it inside its
+    Java deserializer, where no metric sees it. So the source is the Table connector with the
+    ``raw`` format (a null value is a row whose column is NULL), converted to a DataStream.
+    It resumes from the group's committed offsets, else the earliest (``group-offsets`` +
+    ``auto.offset.reset``); offsets are committed on each checkpoint.
     """
-    builder = (KafkaSource.builder()
-               .set_bootstrap_servers(settings.kafka.bootstrap_servers)
-               .set_topics(topic)
-               .set_group_id(group_id)
-               .set_starting_offsets(committed_or_earliest())
-               .set_value_only_deserializer(ByteArraySchema())
-               .set_property("partition.discovery.interval.ms", "10000"))
-    for key, value in _kafka_props(settings).items():
-        builder = builder.set_property(key, value)
-    return env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), name)
+    from pyflink.table import StreamTableEnvironment
+
+    t_env = StreamTableEnvironment.create(env)
+    table = "".join(c if c.isalnum() else "_" for c in name)  # shows in the source's vertex name
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": settings.kafka.bootstrap_servers,
+        "properties.group.id": group_id,
+        "properties.auto.offset.reset": "earliest",
+        "scan.startup.mode": "group-offsets",
+        "scan.topic-partition-discovery.interval": "10 s",
+        "value.format": "raw",
+        **{f"properties.{k}": v for k, v in _kafka_props(settings).items()},
+    }
+    with_clause = ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in options.items())
+    t_env.execute_sql(f"CREATE TEMPORARY TABLE `{table}` (`value` BYTES) WITH ({with_clause})")
+    return t_env.to_data_stream(t_env.from_path(table))
+    # Row(value=bytes | None); the planner names the source and gives it a stable uid
 
 
 def kafka_string_sink(settings: Settings, topic: str) -> KafkaSink:
+    """At-least-once Kafka sink of strings (UTF-8). A broker briefly down is the Java producer's to
+    ride out (it retries until ``delivery.timeout.ms``); a longer outage fails the task, and the
+    bounded restart strategy replays from the last checkpoint, so nothing is lost."""
     serializer = (KafkaRecordSerializationSchema.builder()
                   .set_topic(topic)
                   .set_value_serialization_schema(SimpleStringSchema())

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,43 @@ def _rest(settings: Settings, path: str, method: str = "GET", body: dict | None 
 
 def list_jobs(settings: Settings) -> list[dict[str, Any]]:
     return list(_rest(settings, "/jobs/overview")["jobs"])
+
+
+@dataclass(frozen=True, slots=True)
+class JobHealth:
+    """What `recs jobs list` shows: a job that restarts is never silent."""
+
+    job_id: str
+    name: str
+    state: str
+    restarts: int
+    last_exception: str | None  # first line of the most recent failure, None if it never failed
+    last_exception_at: int | None  # epoch ms
+
+
+def _cause(stacktrace: str) -> str | None:
+    """The most telling line of a failure: the Python exception a worker raised (its traceback is
+    inside the Java one), else the first line."""
+    lines = [line.strip() for line in stacktrace.splitlines() if line.strip()]
+    python = [line for line in lines if re.match(r"^[\w.]*(Error|Exception): ", line)
+              and not line.startswith(("java.", "org.", "javax.", "Caused by"))]
+    return (python[-1] if python else lines[0] if lines else None)
+
+
+def job_health(settings: Settings, job_id: str) -> JobHealth:
+    """State, restart count (job metric ``numRestarts``) and last exception (``/exceptions``)."""
+    job = _rest(settings, f"/jobs/{job_id}")
+    restarts = 0
+    for m in _rest(settings, f"/jobs/{job_id}/metrics?get=numRestarts") or []:
+        restarts = int(float(m["value"]))
+    history = (_rest(settings, f"/jobs/{job_id}/exceptions") or {}).get("exceptionHistory") or {}
+    entries = history.get("entries") or []
+    last, at = None, None
+    if entries:
+        newest = max(entries, key=lambda e: e.get("timestamp", 0))
+        last = _cause(newest.get("stacktrace") or "") or newest.get("exceptionName")
+        at = newest.get("timestamp")
+    return JobHealth(job_id, str(job["name"]), str(job["state"]), restarts, last, at)
 
 
 def job_status(settings: Settings, job_id: str) -> str:

@@ -30,11 +30,20 @@ def submit(
 
 @jobs_app.command("list")
 def list_() -> None:
-    """Jobs on the cluster: id, state, name."""
-    from recs.flink import list_jobs
+    """Jobs on the cluster: id, state, restarts, name, and the last exception of a job that failed."""
+    from recs.flink import FlinkError, job_health, list_jobs
 
-    for j in list_jobs(load_settings()):
-        typer.echo(f"{j['jid']}  {j['state']:<10} {j['name']}")
+    settings = load_settings()
+    try:
+        jobs = list_jobs(settings)
+        for j in jobs:
+            h = job_health(settings, j["jid"])
+            typer.echo(f"{h.job_id}  {h.state:<10} restarts={h.restarts:<3} {h.name}")
+            if h.last_exception:
+                typer.echo(f"    last exception: {h.last_exception}")
+    except FlinkError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 @jobs_app.command("cancel")

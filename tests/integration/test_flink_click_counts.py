@@ -67,7 +67,7 @@ def test_click_counts_job_counts_every_valid_click_and_dead_letters_the_rest(sta
     assert got == {u: (row.clicks, row.last_ts) for u, row in expected.iterrows()}
 
     dead = [json.loads(m.value()) for m in read_topic(s.kafka, s.kafka.topics.clicks_dlq, len(MALFORMED) + 1)]
-    assert len(dead) == len(MALFORMED) + 1  # the tombstone carries no event: skipped, not dead-lettered
+    assert len(dead) == len(MALFORMED) + 1  # the tombstone carries no event: counted, not dead-lettered
     by_raw = {d["raw"].encode(): d for d in dead if "raw" in d}
     for raw, (field, reason) in MALFORMED.items():
         assert by_raw[raw]["field"] == field and reason in by_raw[raw]["reason"], by_raw[raw]
@@ -81,3 +81,4 @@ def test_click_counts_job_counts_every_valid_click_and_dead_letters_the_rest(sta
     assert m["parse_clicks.recs.dead_letters.ts"] == 3
     assert m["parse_clicks.recs.dead_letters.user_id"] == 3
     assert m["parse_clicks.recs.dead_letters.record"] == 3
+    assert m["parse_clicks.recs.null_values"] == 1  # the tombstone: counted, not silently skipped
