@@ -320,7 +320,7 @@ def mutated_clicks(draw):
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | ADVERSARIAL_TEXT,
-    lambda c: st.lists(c, max_size=3) | st.dictionaries(ADVERSARIAL_TEXT, c, max_size=3), max_leaves=4)
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(ADVERSARIAL_TEXT, c, max_size=3), max_leaves=3)
 EVENT_KEYS = st.sampled_from(sorted({*CLICK, *LISTING}))
 
 STRATEGIES = {
@@ -333,7 +333,7 @@ STRATEGIES = {
         JSON_VALUES), st.booleans()).map(
         lambda t: json.dumps(t[0], ensure_ascii=t[1]).encode("utf-8", "surrogatepass")),
     "mutated clicks": mutated_clicks(),
-    "deep nesting": st.tuples(st.integers(1, 6_000), st.sampled_from(["[", '{"a": '])).map(
+    "deep nesting": st.tuples(st.integers(1, 3_000), st.sampled_from(["[", '{"a": '])).map(
         lambda t: (t[1] * t[0] + "1" + ("]" if t[1] == "[" else "}") * t[0]).encode()),
 }
 EXAMPLES = 2000
