@@ -13,6 +13,11 @@ dim / max_len / max_tokens, and the caller's expectations (expect_dim, expect_ve
 Providers: CUDAExecutionProvider when onnxruntime offers it, else CPUExecutionProvider; the choice
 is logged. Inputs are processed in batches of ``batch_size`` rows.
 
+Threads: ``threads`` is the caller's process role from settings ([threads] flink_worker,
+index_service or batch: intra-op and inter-op thread counts, sequential execution when inter-op
+is 1). Without it, one thread each: ONNX Runtime's own default (one thread per core) would make
+every worker and service on a machine compete for all of its cores.
+
 embed_users contract: item_vecs are item-tower vectors of the same model_version, most recent click
 last. A history shorter than N may be passed as (B, n, d) with n < N (left-padded here); longer
 ones keep their last N columns. A row with no valid click is refused (cold-start users belong to
@@ -25,12 +30,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from models.tokenizer import configure, encode, load_tokenizer, vocab_hash
+
+if TYPE_CHECKING:
+    from conf.settings import RoleThreads
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +149,19 @@ def _check_io(sess: ort.InferenceSession, name: str, inputs: dict[str, list], ou
                             f"metadata says dim={out_dim}")
 
 
+def session_options(threads: RoleThreads | None) -> ort.SessionOptions:
+    """ONNX Runtime options with the role's thread counts (1 and 1 without a role)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads.ort_intra_op if threads else 1
+    opts.inter_op_num_threads = threads.ort_inter_op if threads else 1
+    opts.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL if opts.inter_op_num_threads == 1
+                           else ort.ExecutionMode.ORT_PARALLEL)
+    return opts
+
+
 def load_artifact(path: Path | str, *, expect_dim: int | None = None,
-                  expect_version: str | None = None, batch_size: int = 1024) -> Artifact:
+                  expect_version: str | None = None, batch_size: int = 1024,
+                  threads: RoleThreads | None = None) -> Artifact:
     """Open and check an artifact folder; raise ArtifactError on any mismatch."""
     path = Path(path)
     meta_file = path / "metadata.json"
@@ -176,7 +195,7 @@ def load_artifact(path: Path | str, *, expect_dim: int | None = None,
         raise ArtifactError(f"{path}: tokenizer vocabulary hash differs from metadata.json")
 
     providers = _providers()
-    opts = ort.SessionOptions()
+    opts = session_options(threads)
     item = ort.InferenceSession(str(path / "item_tower.onnx"), opts, providers=providers)
     user = ort.InferenceSession(str(path / "user_tower.onnx"), opts, providers=providers)
     d, n, t = int(meta["dim"]), int(meta["max_len"]), int(meta["max_tokens"])

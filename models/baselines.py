@@ -4,6 +4,8 @@
     knn = ItemKNN(split.train, n_items)                        # cosine co-occurrence, all neighbours
     mf = ImplicitALS(split.train, n_items, factors=64, reg=..., alpha=..., seed=0)
     scores = mf(histories)                                     # (B, I)
+    recent = RecentPopularity(*ds.click_log(), n_items, window_ms=7 * DAY_MS)
+    scores = recent(histories, times)                          # (B, I), clicks before each time
 
 Each is fitted on the training prefixes only and scores any click history, so at test time every
 model sees the same history (train + validation click). ImplicitALS is Hu, Koren & Volinsky (2008)
@@ -36,6 +38,33 @@ class Popularity:
 
     def __call__(self, histories: list[np.ndarray]) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(histories), len(self.counts)))  # (B, I)
+
+
+DAY_MS = 86_400_000
+
+
+class RecentPopularity:
+    """Time-aware popularity: score(j) at query time t = clicks on j by anyone in [t - window, t),
+    ties broken by all clicks on j before t. Uses only clicks before the moment of the
+    recommendation (strictly: a click at t itself, such as a target sharing the history's last
+    timestamp, is not counted). It is fitted on the whole click log, since at time t every earlier
+    click of every user is known; a scorer with query times (models/evaluate.py `times`)."""
+
+    def __init__(self, ts: np.ndarray, items: np.ndarray, n_items: int, window_ms: int) -> None:
+        order = np.argsort(ts, kind="stable")
+        self.ts, self.items = ts[order], items[order]                # (n,), (n,) time order
+        self.n_items, self.window_ms = n_items, window_ms
+
+    def __call__(self, histories: list[np.ndarray], times: np.ndarray) -> np.ndarray:
+        if len(times) != len(histories):
+            raise ValueError(f"{len(histories)} histories but {len(times)} query times")
+        out = np.empty((len(times), self.n_items), np.float64)      # (B, I)
+        for b, t in enumerate(times):
+            lo = np.searchsorted(self.ts, t - self.window_ms, "left")
+            hi = np.searchsorted(self.ts, t, "left")
+            prior = np.bincount(self.items[:hi], minlength=self.n_items)
+            out[b] = np.bincount(self.items[lo:hi], minlength=self.n_items) + prior / (prior.max(initial=0) + 1.0)
+        return out
 
 
 class ItemKNN:

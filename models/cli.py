@@ -108,11 +108,13 @@ def register(app: typer.Typer) -> None:
         from models.export import export
         from models.train import load_checkpoint
 
-        cfg = load_settings().model
+        settings = load_settings()
+        cfg = settings.model
         t = load_checkpoint(checkpoint or cfg.checkpoint_dir / "model.pt")
         evaluation = json.loads(eval_json.read_text()) if eval_json else None
         if evaluation is None:
             evaluation = {"validation_recall@10": t.best_val, "note": "validation only; pass --eval"}
         meta = export(t, out or cfg.artifact_dir, evaluation)
-        art = load_artifact(out or cfg.artifact_dir, expect_version=meta["model_version"])
+        art = load_artifact(out or cfg.artifact_dir, expect_version=meta["model_version"],
+                            threads=settings.threads.batch)
         typer.echo(f"exported {art.model_version} (d={art.dim}, N={art.max_len}) to {art.path}")

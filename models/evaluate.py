@@ -2,7 +2,8 @@
 
     m = evaluate(scorer, histories, targets, n_items)   # {"recall@10": ..., "ndcg@10": ..., ...}
 
-A scorer maps a batch of click histories to a (B, I) score matrix over the whole catalogue.
+A scorer maps a batch of click histories to a (B, I) score matrix over the whole catalogue; a
+time-aware scorer also takes the (B,) query times (`times=`: when each recommendation is made).
 Items in a user's history are excluded (score -inf) before ranking. Ties (e.g. zero-popularity
 items) are broken by a fixed-seed random jitter far below any real score gap, so no model gains
 from an arbitrary catalogue order. With one target per user, Recall@K is the hit rate at K;
@@ -16,14 +17,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-Scorer = Callable[[list[np.ndarray]], np.ndarray]  # B histories -> (B, I) scores
+Scorer = Callable[..., np.ndarray]  # B histories [, (B,) query times] -> (B, I) scores
 KS = (10, 20, 50)
 CHUNK = 512  # users scored at a time: bounds memory at CHUNK x I float64
 
 
 def ranks(scorer: Scorer, histories: list[np.ndarray], targets: np.ndarray, n_items: int,
           seed: int = 0, candidates: np.ndarray | None = None,
-          top: int = 10) -> tuple[np.ndarray, np.ndarray]:
+          top: int = 10, times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of each target and the (B, top) recommended items. ``candidates`` (optional)
     restricts ranking to a subset of items (new-item report); by default all I items compete."""
     rng = np.random.default_rng(seed)
@@ -36,7 +37,8 @@ def ranks(scorer: Scorer, histories: list[np.ndarray], targets: np.ndarray, n_it
     out_top = np.empty((len(targets), top), np.int64)
     for lo in range(0, len(targets), CHUNK):
         hist = histories[lo:lo + CHUNK]
-        s = scorer(hist).astype(np.float64) + jitter         # (B, I)
+        s = (scorer(hist) if times is None else scorer(hist, times[lo:lo + CHUNK]))
+        s = s.astype(np.float64) + jitter                    # (B, I)
         s[:, ~allowed] = -np.inf
         for b, h in enumerate(hist):
             s[b, h] = -np.inf                                # already clicked: excluded
@@ -60,6 +62,8 @@ def metrics_from_ranks(rank: np.ndarray, top: np.ndarray, n_items: int,
 
 
 def evaluate(scorer: Scorer, histories: list[np.ndarray], targets: np.ndarray, n_items: int,
-             seed: int = 0, candidates: np.ndarray | None = None) -> dict[str, float]:
-    rank, topk = ranks(scorer, histories, targets, n_items, seed, candidates, top=min(10, n_items - 1))
+             seed: int = 0, candidates: np.ndarray | None = None,
+             times: np.ndarray | None = None) -> dict[str, float]:
+    rank, topk = ranks(scorer, histories, targets, n_items, seed, candidates,
+                       top=min(10, n_items - 1), times=times)
     return metrics_from_ranks(rank, topk, n_items)

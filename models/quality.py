@@ -1,6 +1,7 @@
 """Model-quality reports shared by `recs eval` and bench/model_quality.py.
 
     rows = compare(ds, split, trained, seed=0)             # two_tower + baselines, val and test
+    ci = bootstrap(per_user, n=2000, seed=0)               # user-bootstrap CIs, paired differences
     new = new_items_report(ds, held_out, trained)          # text-only retrieval of unseen items
     rec = interest_recovery(ds, users, trained)            # synthetic data: known interests
     print(format_table(summary))
@@ -19,15 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from models.baselines import ImplicitALS, ItemKNN, Popularity
+from models.baselines import DAY_MS, ImplicitALS, ItemKNN, Popularity, RecentPopularity
 from models.data import Dataset, Split
-from models.evaluate import evaluate, ranks
+from models.evaluate import evaluate, metrics_from_ranks, ranks
 from models.train import Trained
 
 log = logging.getLogger(__name__)
 
 MF_GRID = [(reg, alpha) for reg in (1.0, 10.0, 50.0) for alpha in (5.0, 20.0)]  # (reg, alpha)
 METRICS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "mrr", "coverage@10")
+RECENT_WINDOWS_DAYS = (1, 7, 30, 90, 365, 1095, 3650)  # recent-popularity windows (validation)
+TIMED = {"recent_popularity"}              # scorers that take query times
 
 
 def tune_mf(split: Split, n_items: int, seed: int) -> tuple[ImplicitALS, dict[str, Any]]:
@@ -35,7 +38,8 @@ def tune_mf(split: Split, n_items: int, seed: int) -> tuple[ImplicitALS, dict[st
     best, best_m, tried = None, -1.0, []
     for reg, alpha in MF_GRID:
         mf = ImplicitALS(split.train, n_items, factors=64, reg=reg, alpha=alpha, seed=seed)
-        m = evaluate(mf, split.val_history, split.val_target, n_items)["recall@10"]
+        m = evaluate(mf, split.val_history, split.val_target, n_items,
+                     candidates=split.val_candidates)["recall@10"]
         tried.append({"reg": reg, "alpha": alpha, "val_recall@10": m})
         if m > best_m:
             best, best_m = mf, m
@@ -46,18 +50,80 @@ def tune_mf(split: Split, n_items: int, seed: int) -> tuple[ImplicitALS, dict[st
     return best, {"factors": 64, **chosen, "grid": tried}
 
 
+def tune_recent(ds: Dataset, split: Split) -> tuple[RecentPopularity, dict[str, Any]]:
+    """Pick the recent-popularity window by validation Recall@10."""
+    ts, items = ds.click_log()
+    fitted, tried = [], []
+    for days in RECENT_WINDOWS_DAYS:
+        rp = RecentPopularity(ts, items, ds.n_items, window_ms=days * DAY_MS)
+        m = evaluate(rp, split.val_history, split.val_target, ds.n_items,
+                     candidates=split.val_candidates, times=split.val_time)["recall@10"]
+        fitted.append(rp)
+        tried.append({"window_days": days, "val_recall@10": m})
+    best = int(np.argmax([t["val_recall@10"] for t in tried]))    # first of equals: shortest
+    log.info("recent popularity chosen on validation: %d days (val recall@10 %.4f)",
+             tried[best]["window_days"], tried[best]["val_recall@10"])
+    return fitted[best], {**tried[best], "grid": tried}
+
+
 def compare(ds: Dataset, split: Split, trained: Trained, seed: int,
-            mf: ImplicitALS | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """{model: {"val": metrics, "test": metrics}} for the two-tower model and the baselines."""
+            mf: ImplicitALS | None = None, recent: RecentPopularity | None = None,
+            test_ranks: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """{model: {"val": metrics, "test": metrics}} for the two-tower model and the baselines, on the
+    split's candidates and query times. ``test_ranks`` (optional) receives each model's (T,) test
+    ranks, for per-user means and bootstrap intervals."""
     scorers = {"two_tower": trained.scorer(ds),
                "popularity": Popularity(split.train, ds.n_items),
+               "recent_popularity": recent or tune_recent(ds, split)[0],
                "item_knn": ItemKNN(split.train, ds.n_items),
                "mf": mf or tune_mf(split, ds.n_items, seed)[0]}
     out = {}
     for name, scorer in scorers.items():
-        out[name] = {
-            "val": evaluate(scorer, split.val_history, split.val_target, ds.n_items, seed),
-            "test": evaluate(scorer, split.test_history, split.test_target, ds.n_items, seed)}
+        timed = name in TIMED
+        top = min(10, ds.n_items - 1)
+        rv, tv = ranks(scorer, split.val_history, split.val_target, ds.n_items, seed,
+                       split.val_candidates, top, split.val_time if timed else None)
+        rt, tt = ranks(scorer, split.test_history, split.test_target, ds.n_items, seed,
+                       split.test_candidates, top, split.test_time if timed else None)
+        out[name] = {"val": metrics_from_ranks(rv, tv, ds.n_items),
+                     "test": metrics_from_ranks(rt, tt, ds.n_items)}
+        if test_ranks is not None:
+            test_ranks[name] = rt
+    return out
+
+
+def per_user(rank: np.ndarray, users: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-pair ranks -> each user's mean hit@10 and NDCG@10, (U',) over users with a pair, in
+    sorted user order: every user weighs the same, however many pairs they have."""
+    uniq, inv = np.unique(users, return_inverse=True)
+    n = np.bincount(inv, minlength=len(uniq))
+    hit = (rank < 10).astype(np.float64)
+    ndcg = np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)
+    return {"recall@10": np.bincount(inv, hit, len(uniq)) / n,
+            "ndcg@10": np.bincount(inv, ndcg, len(uniq)) / n}
+
+
+def bootstrap(values: dict[str, dict[str, np.ndarray]], n: int = 2000, seed: int = 0,
+              reference: str = "two_tower", level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """User bootstrap: ``values`` = {model: {metric: (U,) per-user values, same users}}. Returns
+    {model: {metric: mean, metric_ci: [lo, hi], metric_diff_ci: CI of reference - model}}, the
+    difference paired on the same resampled users (percentile intervals)."""
+    any_model = next(iter(values.values()))
+    n_users = len(next(iter(any_model.values())))
+    idx = np.random.default_rng(seed).integers(0, n_users, size=(n, n_users))   # (n, U)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    out: dict[str, dict[str, Any]] = {}
+    for model, metrics in values.items():
+        row: dict[str, Any] = {"users": n_users}
+        for k, v in metrics.items():
+            boot = v[idx].mean(1)                                          # (n,)
+            row[k] = float(v.mean())
+            row[f"{k}_ci"] = [float(x) for x in np.percentile(boot, q)]
+            if model != reference and reference in values:
+                d = (values[reference][k] - v)[idx].mean(1)
+                row[f"{k}_diff"] = float((values[reference][k] - v).mean())
+                row[f"{k}_diff_ci"] = [float(x) for x in np.percentile(d, q)]
+        out[model] = row
     return out
 
 

@@ -12,8 +12,14 @@ What one step does (Yi et al., "Sampling-bias-corrected neural modeling", RecSys
      after every prefix (causal), each predicting the click that follows it;
   4. logits = user . item / temperature - log q(item) over the distinct target items of the batch
      (the in-batch negatives), q = the item's share of training targets; cross-entropy.
-After every epoch: Recall@10 on the validation split (full catalogue ranking); the best epoch's
-weights are kept, training stops after `patience` epochs without gain or at `max_train_minutes`.
+After every epoch: Recall@10 on the validation split (full catalogue ranking, or the split's
+validation candidates); the best epoch's weights are kept; training stops after `patience` epochs
+without gain or at `max_epochs`, never on the clock. `max_train_minutes` is only a safety: a run
+that passes it raises TrainingTimeout instead of returning a model cut short.
+
+Reproducible: the same data, settings and seed give the same weights and the same figures on a
+busy or a quiet machine: seeded torch/numpy, a fixed torch thread count (`threads`),
+deterministic algorithms, and stopping decided by epochs only (tests/models/test_train_export.py).
 The checkpoint (`<checkpoint_dir>/model.pt`) holds the weights, the config that rebuilds the model,
 the settings, the tokenizer and the training history.
 """
@@ -40,6 +46,10 @@ from models.tokenizer import configure, encode, train_tokenizer
 from models.towers import TwoTower
 
 log = logging.getLogger(__name__)
+
+
+class TrainingTimeout(RuntimeError):
+    """Training ran past [model] max_train_minutes: a safety stop, not a result."""
 
 
 @dataclass
@@ -107,8 +117,18 @@ def build_model(cfg: ModelSettings, vocab_size: int) -> TwoTower:
 
 def train(ds: Dataset, split: Split, cfg: ModelSettings, *, progress: bool = True,
           checkpoint: Path | None = None) -> Trained:
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(ds, split, cfg, progress=progress, checkpoint=checkpoint)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(ds: Dataset, split: Split, cfg: ModelSettings, *, progress: bool,
+           checkpoint: Path | None) -> Trained:
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads)   # a fixed count: float sums are reduced in a fixed order
     rng = np.random.default_rng(cfg.seed)
     t0 = time.monotonic()
 
@@ -159,7 +179,8 @@ def train(ds: Dataset, split: Split, cfg: ModelSettings, *, progress: bool = Tru
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
 
-        val = evaluate(TwoTowerScorer(model, tok, ds.texts), val_hist, val_tgt, ds.n_items)
+        val = evaluate(TwoTowerScorer(model, tok, ds.texts), val_hist, val_tgt, ds.n_items,
+                       candidates=split.val_candidates)
         minutes = (time.monotonic() - t0) / 60
         result.history.append({"epoch": epoch, "loss": float(np.mean(losses)),
                                "val_recall@10": val["recall@10"], "val_ndcg@10": val["ndcg@10"],
@@ -175,9 +196,12 @@ def train(ds: Dataset, split: Split, cfg: ModelSettings, *, progress: bool = Tru
         tqdm.write(msg) if progress else log.info(msg)
         if bad >= cfg.patience:
             break
-        if minutes >= cfg.max_train_minutes:
-            log.warning("stopping at the %.1f-minute budget (epoch %d)", cfg.max_train_minutes, epoch)
-            break
+        if minutes >= cfg.max_train_minutes and epoch < cfg.max_epochs:
+            raise TrainingTimeout(
+                f"training passed the {cfg.max_train_minutes:g}-minute safety limit at epoch "
+                f"{epoch} of up to {cfg.max_epochs} (best so far: epoch {result.best_epoch}); "
+                "raise [model] max_train_minutes or lower max_epochs: a run cut short by the "
+                "clock would not be reproducible")
 
     model.load_state_dict(best_state)
     model.eval()

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from models.baselines import ImplicitALS, ItemKNN, Popularity
 from models.evaluate import evaluate
@@ -35,3 +36,20 @@ def test_als_learns_block_structure():
     tgt = np.array([s[-1] for s in seqs])
     assert evaluate(als, hist, tgt, 20)["recall@10"] > evaluate(
         Popularity(seqs, 20), hist, tgt, 20)["recall@10"]
+
+
+def test_recent_popularity_counts_only_the_window_before_each_query_time():
+    from models.baselines import RecentPopularity
+
+    ts = np.array([1, 2, 3, 8, 9, 10])
+    items = np.array([0, 0, 0, 1, 2, 3])
+    rp = RecentPopularity(ts, items, 5, window_ms=3)
+    s = rp([np.array([4]), np.array([4])], np.array([10, 4]))     # (2, 5)
+    # at 10: clicks in [7, 10) -> items 1, 2 once each (the click at 10 itself is not counted);
+    # the all-time count before 10 (item 0: 3 clicks) only breaks ties, below one recent click
+    assert s[0][1] > s[0][0] > s[0][3] and s[0][3] == s[0][4] == 0
+    assert s[0][1] == s[0][2]
+    # at 4: clicks in [1, 4) -> item 0 three times; nothing from the future
+    assert s[1][0] > 3 and s[1][1:].max() == 0
+    with pytest.raises(ValueError, match="2 histories but 1 query times"):
+        rp([np.array([4]), np.array([4])], np.array([10]))

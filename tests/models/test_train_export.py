@@ -131,3 +131,67 @@ def test_export_is_reproducible(trained, artifact_dir, tmp_path):
     meta = export(trained, tmp_path / "again")
     assert meta["model_version"] == json.loads((artifact_dir / "metadata.json").read_text())[
         "model_version"]
+
+
+class _BusyClock:
+    """time.monotonic for models.train on a machine so busy that every epoch takes a minute."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 60.0
+        return self.now
+
+
+def _fingerprint(t) -> tuple:
+    return (t.best_epoch, t.best_val, [(h["epoch"], h["loss"], h["val_recall@10"]) for h in t.history])
+
+
+def test_same_seed_same_model_on_a_busy_machine(synth_ds, tmp_path, monkeypatch, make_tiny_settings):
+    """Two runs of one seed, one on a quiet machine and one where every epoch takes a minute:
+    the same epochs, losses, validation and test metrics and weights (the shipped
+    max_train_minutes is a safety, not the stop)."""
+    import models.train as train_mod
+    from conf import load_settings
+
+    sp = leave_last_out(synth_ds)
+    cfg = make_tiny_settings(tmp_path, max_epochs=8, patience=8,
+                             max_train_minutes=load_settings().model.max_train_minutes)
+    quiet = train_mod.train(synth_ds, sp, cfg, progress=False)
+    monkeypatch.setattr(train_mod, "time", _BusyClock())
+    busy = train_mod.train(synth_ds, sp, cfg, progress=False)
+    assert len(busy.history) == cfg.max_epochs
+    assert _fingerprint(busy) == _fingerprint(quiet)
+    test = [evaluate(t.scorer(synth_ds), sp.test_history, sp.test_target, synth_ds.n_items)
+            for t in (quiet, busy)]
+    assert test[0] == test[1]
+    for k, v in quiet.model.state_dict().items():
+        assert torch.equal(v, busy.model.state_dict()[k]), k
+
+
+def test_training_past_the_safety_limit_fails_loudly(synth_ds, tmp_path, monkeypatch, make_tiny_settings):
+    import models.train as train_mod
+
+    cfg = make_tiny_settings(tmp_path, max_epochs=8, patience=8, max_train_minutes=3.0)
+    monkeypatch.setattr(train_mod, "time", _BusyClock())
+    with pytest.raises(train_mod.TrainingTimeout, match="3-minute safety limit at epoch 3 of up to 8"):
+        train_mod.train(synth_ds, leave_last_out(synth_ds), cfg, progress=False)
+
+
+def test_onnx_sessions_use_the_process_roles_thread_counts(artifact_dir):
+    from conf import load_settings
+    from conf.settings import RoleThreads
+
+    role = RoleThreads(ort_intra_op=2, ort_inter_op=1, faiss_omp=1)
+    art = load_artifact(artifact_dir, threads=role)
+    for sess in (art.item_session, art.user_session):
+        opts = sess.get_session_options()
+        assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (2, 1)
+    # no role: one thread each, never ONNX Runtime's one-per-core default
+    opts = load_artifact(artifact_dir).user_session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
+    # the shipped defaults do not oversubscribe 2 cores: a Flink slot or a service uses 1
+    threads = load_settings().threads
+    assert threads.flink_worker.ort_intra_op * load_settings().flink.taskmanager_slots <= 2
+    assert threads.index_service.ort_intra_op == threads.index_service.faiss_omp == 1
