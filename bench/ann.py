@@ -538,7 +538,8 @@ def _hnswlib_fn(ix: Any, mask: np.ndarray | None) -> tuple[Any, Any]:
 
 # ----------------------------------------------------------------------- stall scenario
 def _stall_server(cfg, n: int, d: int, conn) -> None:
-    """Child process: an HNSW index of n bench vectors behind the gRPC server; sends its port."""
+    """Child process: an HNSW index of n bench vectors behind the gRPC server; sends its port, then
+    applies settings overrides sent by the parent (a dict) until it sends None."""
     from index.server import IndexServer
 
     centres = np.random.default_rng(1).standard_normal((4096, d)).astype(np.float32)
@@ -548,13 +549,66 @@ def _stall_server(cfg, n: int, d: int, conn) -> None:
     faiss.omp_set_num_threads(1)
     server = IndexServer(cfg, idx).start()
     conn.send(server.port)
-    conn.recv()                                             # until the parent is done
+    while (over := conn.recv()) is not None:               # the same server, other limits
+        idx.settings = server.servicer.settings = cfg.model_copy(update=over)
+        conn.send("ok")
     server.stop(0)
+
+
+def _stall_load(addr: str, ef: int, n: int, d: int, conn) -> None:
+    """Load process (its own GIL, so the timed client is not slowed by it): 128-query BatchSearch
+    requests back to back in one thread, 64-item Upserts back to back in another, until told."""
+    import grpc
+
+    from index.proto import index_pb2 as pb
+    from index.proto import index_pb2_grpc as pb_grpc
+
+    centres = np.random.default_rng(1).standard_normal((4096, d)).astype(np.float32)
+    batch_q, new = clustered(128, d, 4, centres), clustered(20_000, d, 5, centres)
+    stop = threading.Event()
+    batch_ms: list[float] = []
+    upserted = [0]
+
+    def batches() -> None:
+        with grpc.insecure_channel(addr) as ch:
+            stub = pb_grpc.IndexServiceStub(ch)
+            req = pb.BatchSearchRequest(vectors=batch_q.ravel().tolist(), dim=d, k=10, ef_search=ef)
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                stub.BatchSearch(req, timeout=60)
+                batch_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def upserts() -> None:
+        with grpc.insecure_channel(addr) as ch:
+            stub = pb_grpc.IndexServiceStub(ch)
+            i = 0
+            while not stop.is_set():
+                a = (i * 64) % len(new)
+                items = [pb.Item(id=f"item-{(a + j) * 7 % n}", vector=new[a + j].tolist()) for j in range(64)]
+                stub.Upsert(pb.UpsertRequest(items=items), timeout=60)
+                upserted[0] += 64
+                i += 1
+
+    threads = [threading.Thread(target=batches), threading.Thread(target=upserts)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    conn.send("running")
+    conn.recv()
+    stop.set()
+    for t in threads:
+        t.join()
+    conn.send({"batch_median_ms": round(float(np.median(batch_ms)), 3), "batches": len(batch_ms),
+               "upserts_per_s_meanwhile": round(upserted[0] / (time.perf_counter() - t0), 1)})
+
+
+# The stall scenario under the served limits and under the first ones tried (ablation).
+STALL_VARIANTS = {"served": {}, "lock_work 65,536, max_ef_search 1,024": {"lock_work": 65_536, "max_ef_search": 1024}}
 
 
 def stall_part(args, cfg) -> dict[str, Any]:
     """p50/p99 of small searches (k = 90, as the read path asks) while long BatchSearch requests
-    and upserts run, against an idle server; and the work-limit refusal."""
+    and upserts run, against an idle server; and a request over the work limit."""
     import grpc
 
     from index.proto import index_pb2 as pb
@@ -569,14 +623,11 @@ def stall_part(args, cfg) -> dict[str, Any]:
     port = parent.recv()
     centres = np.random.default_rng(1).standard_normal((4096, d)).astype(np.float32)
     q = clustered(2000, d, 3, centres)
-    batch_q = clustered(128, d, 4, centres)
-    new = clustered(20_000, d, 5, centres)
     addr = f"127.0.0.1:{port}"
     out: dict[str, Any] = {"n": n, "d": d, "small_search_k": 90, "batch_queries": 128,
-                           "batch_ef_search": cfg.max_ef_search, "lock_work": cfg.lock_work,
-                           "write_chunk": cfg.write_chunk, "upsert_batch": 64,
-                           "note": "server in its own process; client threads in this one; other "
-                                   "helpers used the same 2 cores"}
+                           "write_chunk": cfg.write_chunk, "upsert_batch": 64, "seconds_each": args.stall_s,
+                           "note": "server, load (batches + upserts) and the timed client in three "
+                                   "processes; other helpers used the same 2 cores"}
 
     def small(seconds: float) -> list[float]:
         lat: list[float] = []
@@ -591,64 +642,44 @@ def stall_part(args, cfg) -> dict[str, Any]:
                 i += 1
         return lat
 
+    def scenario(ef: int) -> dict[str, Any]:
+        conn, far = ctx.Pipe()
+        load = ctx.Process(target=_stall_load, args=(addr, ef, n, d, far))
+        load.start()
+        conn.recv()                                         # the load is running
+        time.sleep(0.5)
+        busy = small(args.stall_s)
+        conn.send("stop")
+        stats = conn.recv()
+        load.join(30)
+        return {"during_p50_ms": pct(busy, 50), "during_p99_ms": pct(busy, 99),
+                "during_max_ms": round(max(busy), 3), "during_searches": len(busy), **stats}
+
     pct = lambda v, p: round(float(np.percentile(v, p)), 3)  # noqa: E731
     try:
         idle = small(args.stall_s)
-        stop = threading.Event()
-        batch_ms: list[float] = []
-        upserted = [0]
-
-        def batches() -> None:
-            with grpc.insecure_channel(addr) as ch:
-                stub = pb_grpc.IndexServiceStub(ch)
-                req = pb.BatchSearchRequest(vectors=batch_q.ravel().tolist(), dim=d, k=10,
-                                            ef_search=cfg.max_ef_search)
-                while not stop.is_set():
-                    t0 = time.perf_counter()
-                    stub.BatchSearch(req, timeout=60)
-                    batch_ms.append((time.perf_counter() - t0) * 1e3)
-
-        def upserts() -> None:
-            with grpc.insecure_channel(addr) as ch:
-                stub = pb_grpc.IndexServiceStub(ch)
-                i = 0
-                while not stop.is_set():
-                    a = (i * 64) % len(new)
-                    items = [pb.Item(id=f"item-{(a + j) * 7 % n}", vector=new[a + j].tolist()) for j in range(64)]
-                    stub.Upsert(pb.UpsertRequest(items=items), timeout=60)
-                    upserted[0] += 64
-                    i += 1
-
-        threads = [threading.Thread(target=batches), threading.Thread(target=upserts)]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
-        t0 = time.perf_counter()
-        busy = small(args.stall_s)
-        elapsed = time.perf_counter() - t0
-        stop.set()
-        for t in threads:
-            t.join()
+        out.update({"idle_p50_ms": pct(idle, 50), "idle_p99_ms": pct(idle, 99), "idle_searches": len(idle)})
+        for name, over in STALL_VARIANTS.items():
+            parent.send(over)
+            parent.recv()
+            v = cfg.model_copy(update=over)
+            out[name] = {"lock_work": v.lock_work, "batch_ef_search": v.max_ef_search,
+                         **scenario(v.max_ef_search)}
+            log.info("stall %s: %s", name, out[name])
+        parent.send({})
+        parent.recv()
         with grpc.insecure_channel(addr) as ch:
             stub = pb_grpc.IndexServiceStub(ch)
-            over = pb.BatchSearchRequest(vectors=clustered(1024, d, 6, centres).ravel().tolist(), dim=d,
-                                         k=100, ef_search=cfg.max_ef_search)
+            over_limit = pb.BatchSearchRequest(vectors=clustered(1024, d, 6, centres).ravel().tolist(), dim=d,
+                                               k=10, ef_search=cfg.max_ef_search)
             try:
-                stub.BatchSearch(over, timeout=60)
-                refusal = "accepted"
+                stub.BatchSearch(over_limit, timeout=60)
+                out["over_the_work_limit"] = "accepted"
             except grpc.RpcError as e:
-                refusal = f"{e.code().name}: {e.details()}"
-        out.update({
-            "idle_p50_ms": pct(idle, 50), "idle_p99_ms": pct(idle, 99), "idle_searches": len(idle),
-            "during_p50_ms": pct(busy, 50), "during_p99_ms": pct(busy, 99),
-            "during_max_ms": round(max(busy), 3), "during_searches": len(busy),
-            "batch_median_ms": pct(batch_ms, 50), "batches": len(batch_ms),
-            "upserts_per_s_meanwhile": round(upserted[0] / elapsed, 1),
-            "over_the_work_limit": refusal,
-        })
+                out["over_the_work_limit"] = f"{e.code().name}: {e.details()}"
         log.info("stall: %s", out)
     finally:
-        parent.send("stop")
+        parent.send(None)
         proc.join(30)
     return out
 

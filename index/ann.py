@@ -814,14 +814,15 @@ class ItemIndex:
 
     def _widen(self, st: _State, count: int, k: int, knobs: Mapping[str, int]) -> Mapping[str, int]:
         """A broader beam for a filter that selects a fraction f of the rows: x filter_widen / f,
-        at most x filter_boost (and at most max_ef_search / nlist)."""
+        at most x filter_boost (and at most nlist). Not capped by max_ef_search, a limit on what a
+        caller may ask: a broad filter on a large index may need ef 1,024 (docs/serving.md)."""
         s = self.settings
         boost = min(float(s.filter_boost), s.filter_widen * st.n / max(1, count))
         if boost <= 1.0:
             return knobs
         if st.built_as == "HNSW":
             ef = max(int(knobs.get("ef_search", s.ef_search)), k)
-            return {**knobs, "ef_search": max(ef, min(s.max_ef_search, math.ceil(ef * boost)))}
+            return {**knobs, "ef_search": math.ceil(ef * boost)}
         if st.built_as in ("IVFFlat", "IVFPQ"):
             nprobe = int(knobs.get("nprobe", s.nprobe))
             return {**knobs, "nprobe": max(nprobe, min(int(st.index.nlist), math.ceil(nprobe * boost)))}
