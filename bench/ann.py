@@ -555,9 +555,10 @@ def _stall_server(cfg, n: int, d: int, conn) -> None:
     server.stop(0)
 
 
-def _stall_load(addr: str, ef: int, n: int, d: int, conn) -> None:
+def _stall_load(addr: str, ef: int, n: int, d: int, pause_s: float, conn) -> None:
     """Load process (its own GIL, so the timed client is not slowed by it): 128-query BatchSearch
-    requests back to back in one thread, 64-item Upserts back to back in another, until told."""
+    requests back to back in one thread, 64-item Upserts in another (``pause_s`` between them: 0 =
+    back to back), until told."""
     import grpc
 
     from index.proto import index_pb2 as pb
@@ -588,6 +589,7 @@ def _stall_load(addr: str, ef: int, n: int, d: int, conn) -> None:
                 stub.Upsert(pb.UpsertRequest(items=items), timeout=60)
                 upserted[0] += 64
                 i += 1
+                stop.wait(pause_s)
 
     threads = [threading.Thread(target=batches), threading.Thread(target=upserts)]
     t0 = time.perf_counter()
@@ -603,7 +605,13 @@ def _stall_load(addr: str, ef: int, n: int, d: int, conn) -> None:
 
 
 # The stall scenario under the served limits and under the first ones tried (ablation).
-STALL_VARIANTS = {"served": {}, "lock_work 65,536, max_ef_search 1,024": {"lock_work": 65_536, "max_ef_search": 1024}}
+# (settings overrides, seconds between two 64-item Upserts; 0 = back to back)
+STALL_VARIANTS: dict[str, tuple[dict[str, Any], float]] = {
+    "served": ({}, 0.0),
+    "served, one 64-item upsert every 0.2 s": ({}, 0.2),
+    "write_chunk 4, lock_work 16,384": ({"write_chunk": 4, "lock_work": 16_384}, 0.0),
+    "lock_work 65,536, max_ef_search 1,024": ({"lock_work": 65_536, "max_ef_search": 1024}, 0.0),
+}
 
 
 def stall_part(args, cfg) -> dict[str, Any]:
@@ -625,7 +633,7 @@ def stall_part(args, cfg) -> dict[str, Any]:
     q = clustered(2000, d, 3, centres)
     addr = f"127.0.0.1:{port}"
     out: dict[str, Any] = {"n": n, "d": d, "small_search_k": 90, "batch_queries": 128,
-                           "write_chunk": cfg.write_chunk, "upsert_batch": 64, "seconds_each": args.stall_s,
+                           "upsert_batch": 64, "seconds_each": args.stall_s,
                            "note": "server, load (batches + upserts) and the timed client in three "
                                    "processes; other helpers used the same 2 cores"}
 
@@ -642,9 +650,9 @@ def stall_part(args, cfg) -> dict[str, Any]:
                 i += 1
         return lat
 
-    def scenario(ef: int) -> dict[str, Any]:
+    def scenario(ef: int, pause_s: float) -> dict[str, Any]:
         conn, far = ctx.Pipe()
-        load = ctx.Process(target=_stall_load, args=(addr, ef, n, d, far))
+        load = ctx.Process(target=_stall_load, args=(addr, ef, n, d, pause_s, far))
         load.start()
         conn.recv()                                         # the load is running
         time.sleep(0.5)
@@ -659,12 +667,13 @@ def stall_part(args, cfg) -> dict[str, Any]:
     try:
         idle = small(args.stall_s)
         out.update({"idle_p50_ms": pct(idle, 50), "idle_p99_ms": pct(idle, 99), "idle_searches": len(idle)})
-        for name, over in STALL_VARIANTS.items():
+        for name, (over, pause_s) in STALL_VARIANTS.items():
             parent.send(over)
             parent.recv()
             v = cfg.model_copy(update=over)
             out[name] = {"lock_work": v.lock_work, "batch_ef_search": v.max_ef_search,
-                         **scenario(v.max_ef_search)}
+                         "write_chunk": v.write_chunk, "upsert_pause_s": pause_s,
+                         **scenario(v.max_ef_search, pause_s)}
             log.info("stall %s: %s", name, out[name])
         parent.send({})
         parent.recv()
@@ -706,6 +715,35 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_filtered(fr: dict, path: Path) -> None:
+    """recall@10 against selectivity, per distribution: ours as served, hnswlib, the ablation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dists = fr["distributions"]
+    fig, axes = plt.subplots(1, len(dists), figsize=(6 * len(dists), 4.5), squeeze=False)
+    sels = [str(x) for x in fr["selectivities"]]
+    for ax, (dist, r) in zip(axes[0], dists.items(), strict=True):
+        lines = {"ours (served)": r["ours"], "hnswlib (filter callback)": r["hnswlib"], **r["ablation"]}
+        for name, pts in lines.items():
+            if not pts:
+                continue
+            ax.plot([float(x) * 100 for x in sels], [pts[x]["recall@10"] or 0 for x in sels], marker="o",
+                    label=name.removeprefix("ours: "), lw=2.5 if name == "ours (served)" else 1,
+                    ls="-" if name in ("ours (served)", "hnswlib (filter callback)") else "--")
+        ax.axhline(r["ours"]["unfiltered"]["recall@10"], color="grey", ls=":", lw=1, label="ours, unfiltered")
+        ax.set_xscale("log")
+        ax.set_xlabel("rows passing the filter, %")
+        ax.set_ylabel("filtered recall@10")
+        ax.set_title(f"{dist}: {fr['n']:,} x {fr['d']}, ef_search {fr['ef_search']}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -742,6 +780,7 @@ def main() -> None:
         previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
         if args.filtered_only:
             previous["filtered_recall"] = filtered_part(args, cfg)
+            plot_filtered(previous["filtered_recall"], args.out.with_name(args.out.stem + "_filtered.png"))
         if args.stall_only:
             previous["stall"] = stall_part(args, cfg)
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -805,6 +844,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     plot(result, args.out.with_suffix(".png"))
+    plot_filtered(result["filtered_recall"], args.out.with_name(args.out.stem + "_filtered.png"))
     log.info("best QPS at recall 0.95: %s; ratio ours/best peer %s", result["best_qps_at_recall_0.95"],
              result["ours_vs_best_peer"])
 
