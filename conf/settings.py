@@ -260,8 +260,6 @@ class ServeSettings(_Section):
     trending_size: int = Field(ge=1)
     header_timeout_s: float = Field(gt=0)
     docs: bool
-    header_timeout_s: float = Field(gt=0)
-    docs: bool
 
 
 class RoleThreads(_Section):
