@@ -39,7 +39,7 @@ from ann import clustered, ground_truth  # noqa: E402  (bench/ann.py: the same d
 
 from conf import load_settings  # noqa: E402
 from conf.settings import Settings, to_env, with_overrides  # noqa: E402
-from index.ann import ModelVersionMismatch  # noqa: E402
+from index.errors import ModelVersionMismatch  # noqa: E402
 
 log = logging.getLogger("bench.serve")
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import itertools
 import time
 import zlib
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
@@ -31,20 +31,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter
 
 from conf.settings import IndexSettings
-from index.ann import InvalidRequest, ItemIndex, ModelVersionMismatch
+from index.errors import IndexUnavailable, InvalidRequest, ModelVersionMismatch
 from index.metrics import CLIENT_RETRIES
 from index.proto import index_pb2 as pb
 from index.proto import index_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:       # the in-process client is handed an index; importing it would load FAISS
+    from index.ann import ItemIndex
 
 Filters = Mapping[str, Collection[str]] | None
 Results = list[tuple[list[str], list[float]]]
 
 EMPTY_ANSWERS = Counter("recs_index_client_empty_answers_total",
                         "Index calls that ended OK without a response message (retried)", ["method"])
-
-
-class IndexUnavailable(Exception):
-    """No replica of a shard answered in time."""
 
 
 class IndexClient(Protocol):

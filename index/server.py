@@ -32,7 +32,8 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from conf.settings import IndexSettings
-from index.ann import InvalidRequest, ItemIndex, ModelVersionMismatch
+from index.ann import ItemIndex
+from index.errors import InvalidRequest, ModelVersionMismatch
 from index.metrics import REQUEST_SECONDS, REQUESTS, IndexCollector, registry_for
 from index.proto import index_pb2 as pb
 from index.proto import index_pb2_grpc as pb_grpc

@@ -41,8 +41,8 @@ from typing import Literal, TypeVar
 from prometheus_client import Counter, Histogram
 
 from conf.settings import ServeSettings
-from index.ann import InvalidRequest, ModelVersionMismatch
-from index.client import IndexClient, IndexUnavailable
+from index.client import IndexClient
+from index.errors import IndexUnavailable, InvalidRequest, ModelVersionMismatch
 from recs.stores.base import EmbeddingStore, MalformedRecord, RecsList, UserRecord
 
 log = logging.getLogger(__name__)

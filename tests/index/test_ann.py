@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from index.ann import InvalidRequest, ItemIndex, ModelVersionMismatch
+from index.ann import ItemIndex
+from index.errors import InvalidRequest, ModelVersionMismatch
 
 KINDS = ["Flat", "HNSW", "IVFFlat", "IVFPQ"]
 
@@ -240,7 +241,7 @@ def clustered(n: int, d: int = 16, cells: int = 50, seed: int = 0) -> np.ndarray
 def test_bulk_build_lays_rows_out_by_cell_and_keeps_every_mapping(make_index_settings):
     """hnsw_reorder renumbers rows after the graph is built: ids, vectors, categories, filters and
     deletes must all follow their row, and neighbouring rows must end up alike."""
-    from index.ann import REORDER_MIN_ROWS
+    from index.layout import REORDER_MIN_ROWS
 
     n = REORDER_MIN_ROWS + 1000
     x = clustered(n)

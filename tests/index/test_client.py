@@ -16,7 +16,8 @@ from collections import Counter
 import pytest
 
 from index.ann import ItemIndex
-from index.client import GrpcIndexClient, IndexUnavailable
+from index.client import GrpcIndexClient
+from index.errors import IndexUnavailable
 from index.server import IndexServer
 from recs.stack import free_port
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from index.ann import InvalidRequest, ItemIndex, ModelVersionMismatch
-from index.client import GrpcIndexClient, IndexUnavailable, shard_of
+from index.ann import ItemIndex
+from index.client import GrpcIndexClient, shard_of
+from index.errors import IndexUnavailable, InvalidRequest, ModelVersionMismatch
 from index.proto import index_pb2 as pb
 from index.proto import index_pb2_grpc as pb_grpc
 
