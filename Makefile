@@ -55,7 +55,7 @@ status: ## health of each service of the local stack
 	$(RECS) stack status
 
 demo: setup java ## stack up, data generated, events produced, a Flink job consumes them
-	$(PY) -m recs.demo
+	$(PY) -m recs.local.demo
 
 test: setup java ## unit + integration tests (the tests start and stop their own stack)
 	$(PY) -m pytest -q

@@ -246,7 +246,7 @@ def milvus_backend(args: argparse.Namespace) -> None:
 
 def run_size(n: int, args: argparse.Namespace, base: Settings, redis_port: int) -> dict[str, Any]:
     from index.client import GrpcIndexClient
-    from recs.stack import free_port
+    from recs.local.processes import free_port
     from recs.stores.redis_store import RedisStore
 
     work = Path(tempfile.mkdtemp(prefix=f"recs-serve-{n}-", dir=ROOT / "data" / "bench"))
@@ -387,7 +387,7 @@ def main() -> None:
         return
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     (ROOT / "data" / "bench").mkdir(parents=True, exist_ok=True)
-    from recs.stack import temporary_redis
+    from recs.local.redis_server import temporary_redis
 
     base = load_settings()
     sizes = []

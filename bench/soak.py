@@ -5,7 +5,7 @@
     # server logs (every read-path fallback is logged): the folder in the JSON's "logs"
     make bench-soak
 
-Services, each its own process, all on loopback: a redis-server (recs.stack.temporary_redis),
+Services, each its own process, all on loopback: a redis-server (recs.local.redis_server.temporary_redis),
 the index server (`recs index serve --no-feed --no-restore`, the settings' index kind), and the
 HTTP backend (`recs serve`, uvicorn, phase 3). This process only drives load and checks answers.
 
@@ -414,7 +414,8 @@ def main() -> None:
         log.warning("insert rate != delete rate: the catalogue (and memory) will drift")
 
     from index.client import GrpcIndexClient
-    from recs.stack import free_port, temporary_redis
+    from recs.local.processes import free_port
+    from recs.local.redis_server import temporary_redis
 
     base = load_settings()
     work = Path(tempfile.mkdtemp(prefix="recs-soak-"))

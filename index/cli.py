@@ -1,10 +1,8 @@
-"""Commands: ``recs index serve|stats|snapshot``, ``recs serve``, ``recs recommend USER``.
+"""Commands: ``recs index serve|stats`` (the backend's own ``recs serve|recommend``: recs/commands/serving.py).
 
     recs index serve                      # restore the latest snapshot, replay item_embeddings, serve gRPC
     recs index serve --no-feed --kind Flat --port 50052
     recs index stats                      # Stats of every replica in index.shards
-    recs serve                            # HTTP backend on serve.host:serve.port
-    recs recommend u42 --k 10             # the same read path, one call, JSON on stdout
 
 Settings are loaded here, at the edge, and passed into constructors.
 """
@@ -91,30 +89,5 @@ def index_stats() -> None:
     typer.echo(json.dumps([MessageToDict(s) for s in client.stats()], indent=1))
 
 
-def serve(
-    host: str = typer.Option(None, help="Bind address (default: serve.host)."),
-    port: int = typer.Option(None, help="Port (default: serve.port)."),
-) -> None:
-    """Run the HTTP backend: GET /recommendations/{user_id}?k=20, /healthz, /metrics."""
-    from recs.serving import open_read_path
-    from recs.serving.app import create_app, run
-
-    settings = load_settings()
-    run(create_app(open_read_path(settings)), settings.serve, host, port)
-
-
-def recommend(
-    user_id: str = typer.Argument(..., help="The user to recommend for."),
-    k: int = typer.Option(None, "--k", help="How many items (default: serve.default_k)."),
-) -> None:
-    """Recommend for one user with the same read path as the HTTP backend; JSON on stdout."""
-    from recs.serving import open_read_path
-
-    rp = open_read_path(load_settings())
-    typer.echo(json.dumps(rp.recommend(user_id, k).as_dict(), indent=1))
-
-
 def register(app: typer.Typer) -> None:
     app.add_typer(index_app, name="index")
-    app.command("serve")(serve)
-    app.command("recommend")(recommend)

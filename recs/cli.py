@@ -5,9 +5,14 @@
     recs produce clicks|listings     publish Parquet events to Kafka at a target rate
     recs contracts schema            print the JSON Schema of an event
     recs jobs submit|list|cancel     Flink jobs on the cluster in settings
+    recs serve | recommend USER      the backend's read path (HTTP, or one answer on stdout)
+    recs index serve|stats           the ANN index service
+    recs train|eval|export           the two-tower model
 
-Each area owns a module with a ``register(app)`` function; this file only wires them, so adding a
-command never touches another area's code. Settings are loaded once here, at the edge.
+Each area owns a module that defines its commands as module-level functions (a group as a
+``typer.Typer``) and a ``register(app)`` that adds them; this file only wires them, so adding a
+command never touches another area's code. The development commands (stack, data, produce, jobs)
+import ``recs.local`` only when run. Settings are loaded once here, at the edge.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ _COMMAND_MODULES = (
     "recs.commands.produce",
     "recs.commands.contracts",
     "recs.commands.jobs",
-    "models.cli",   # train, eval, export
-    "index.cli",    # index serve, serve, recommend
+    "recs.commands.serving",   # serve, recommend
+    "models.cli",              # train, eval, export
+    "index.cli",               # index serve, index stats
 )
 
 

@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 
 from conf.settings import PROJECT_ROOT, KafkaSettings, RedisSettings, Settings, load_settings, with_overrides
-from recs.stack import Broker, Flink, Redis, Stack, free_port
+from recs.local.broker import Broker
+from recs.local.flink_cluster import Flink
+from recs.local.processes import free_port
+from recs.local.redis_server import Redis
+from recs.local.stack import Stack
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -36,7 +36,7 @@ def synth(
     counts = generate(out, cfg)
     typer.echo(json.dumps({"out": str(out), "seconds": round(time.perf_counter() - t0, 2), **counts}))
     if produce:
-        from recs.produce import produce as do_produce
+        from recs.local.produce import produce as do_produce
 
         for kind, kind_rate in (("listing", 0.0), ("click", rate)):
             typer.echo(json.dumps(do_produce(settings, kind, out, rate=kind_rate).as_dict()))

@@ -18,8 +18,8 @@ def submit(
     from_savepoint: str = typer.Option(None, "--from-savepoint", "-s", help="Savepoint path to restore."),
 ) -> None:
     """Submit a job with `flink run --python` (detached); prints the JobID."""
-    from recs.flink import FlinkError
-    from recs.flink import submit as do_submit
+    from recs.local.flink_jobs import FlinkError
+    from recs.local.flink_jobs import submit as do_submit
 
     try:
         typer.echo(do_submit(load_settings(), job, parallelism=parallelism, from_savepoint=from_savepoint))
@@ -31,7 +31,7 @@ def submit(
 @jobs_app.command("list")
 def list_() -> None:
     """Jobs on the cluster: id, state, restarts, name, and the last exception of a job that failed."""
-    from recs.flink import FlinkError, job_health, list_jobs
+    from recs.local.flink_jobs import FlinkError, job_health, list_jobs
 
     settings = load_settings()
     try:
@@ -49,7 +49,7 @@ def list_() -> None:
 @jobs_app.command("cancel")
 def cancel(job_id: str = typer.Argument(..., help="JobID from `recs jobs list`.")) -> None:
     """Cancel a running job."""
-    from recs.flink import cancel as do_cancel
+    from recs.local.flink_jobs import cancel as do_cancel
 
     do_cancel(load_settings(), job_id)
     typer.echo(f"cancelling {job_id}")
@@ -59,7 +59,7 @@ def cancel(job_id: str = typer.Argument(..., help="JobID from `recs jobs list`."
 def savepoint(job_id: str = typer.Argument(...), target: Path = typer.Option(Path("savepoints")),
               stop: bool = typer.Option(False, help="Cancel the job after the savepoint.")) -> None:
     """Trigger a savepoint into TARGET; prints the trigger id."""
-    from recs.flink import savepoint as do_savepoint
+    from recs.local.flink_jobs import savepoint as do_savepoint
 
     typer.echo(do_savepoint(load_settings(), job_id, target, cancel_job=stop))
 

@@ -20,7 +20,7 @@ def produce_cmd(
     topic: str = typer.Option(None, help="Topic (default: from settings)."),
 ) -> None:
     """Publish events keyed by user_id (clicks) or item_id (listings); prints the achieved rate."""
-    from recs.produce import produce
+    from recs.local.produce import produce
 
     kinds = {"clicks": "click", "listings": "listing"}
     if what not in kinds:

@@ -1,11 +1,12 @@
-"""`recs stack up|down|status`: the embedded local stack (see recs/stack.py)."""
+"""`recs stack up|down|status`: the embedded local stack (see recs/local/stack.py)."""
 
 from __future__ import annotations
 
 import typer
 
 from conf import load_settings
-from recs.stack import ServiceStatus, Stack
+from recs.local.processes import ServiceStatus
+from recs.local.stack import Stack
 
 stack_app = typer.Typer(help="Start, stop and check the local stack (broker, Redis, Flink).",
                         no_args_is_help=True)
@@ -26,7 +27,7 @@ def _print(statuses: list[ServiceStatus]) -> bool:
 @stack_app.command("up")
 def up(services: str = SERVICES) -> None:
     """Start what is not running, wait until healthy, create the topics. Safe to run twice."""
-    from recs.stack import StackError
+    from recs.local.processes import StackError
 
     try:
         ok = _print(_stack(services).up())

@@ -19,7 +19,7 @@ from index.ann import ItemIndex
 from index.client import GrpcIndexClient
 from index.errors import IndexUnavailable
 from index.server import IndexServer
-from recs.stack import free_port
+from recs.local.processes import free_port
 
 
 class _NoAnswer:

@@ -155,7 +155,7 @@ def test_upsert_and_delete_are_visible_to_the_next_search(served):
 
 
 def test_metrics_endpoint(index_server, unit_vectors):
-    from recs.stack import free_port
+    from recs.local.processes import free_port
 
     port = free_port()
     server, addr = index_server(kind="Flat", metrics_port=port)

@@ -10,9 +10,9 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from recs import flink
 from recs.data.synth import SynthConfig, generate
-from recs.produce import produce
+from recs.local import flink_jobs as flink
+from recs.local.produce import produce
 
 from .helpers import read_topic, wait_for
 

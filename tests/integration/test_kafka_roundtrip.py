@@ -4,8 +4,8 @@ contract says."""
 import json
 
 from recs.data.synth import SynthConfig, generate
-from recs.produce import iter_rows, produce
-from recs.stack import create_topics
+from recs.local.broker import create_topics
+from recs.local.produce import iter_rows, produce
 
 from .helpers import read_topic
 

@@ -1,5 +1,5 @@
 """Poison records on the real cluster (issue 8): valid clicks interleaved with every malformed kind
-of recs.testing.poison, a tombstone and a click Redis refuses. click_counts stays RUNNING with 0
+of recs.local.poison, a tombstone and a click Redis refuses. click_counts stays RUNNING with 0
 restarts, every valid click takes effect in Redis (exact equality), every bad one is in the
 dead-letter topic with its reason. A second test shows the restart strategy is bounded and visible.
 
@@ -16,11 +16,12 @@ from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from conf.settings import to_env, with_overrides
-from recs import flink
 from recs.cli import app
 from recs.contracts import Click
-from recs.stack import create_topics, free_port
-from recs.testing.poison import TS, click_poison, interleave
+from recs.local import flink_jobs as flink
+from recs.local.broker import create_topics
+from recs.local.poison import TS, click_poison, interleave
+from recs.local.processes import free_port
 
 from .helpers import read_topic, wait_for
 

@@ -4,7 +4,8 @@ on a stack of its own (own ports, own run folder)."""
 import psutil
 
 from conf.settings import with_overrides
-from recs.stack import Stack, free_port
+from recs.local.processes import free_port
+from recs.local.stack import Stack
 
 
 def test_up_twice_status_and_down_leave_nothing(test_settings, tmp_path):

@@ -20,7 +20,7 @@ from recs.contracts import (
     parse_listing,
     parse_or_error,
 )
-from recs.testing.poison import click_poison
+from recs.local.poison import click_poison
 
 LIMITS = load_settings().contracts
 # Any character, lone surrogates and controls included (hypothesis leaves surrogates out by default).

@@ -11,7 +11,8 @@ import redis
 
 from conf import load_settings
 from conf.settings import with_overrides
-from recs.stack import Redis, free_port
+from recs.local.processes import free_port
+from recs.local.redis_server import Redis
 from udfs.sinks import RetryPolicy, call_with_retry, is_transient, write_or_dead_letter
 
 FAST = RetryPolicy(retries=3, backoff_s=0.01, max_backoff_s=0.02)

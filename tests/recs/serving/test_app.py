@@ -11,9 +11,9 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from recs.local.processes import free_port
 from recs.serving.app import create_app, header_timeout_protocol
 from recs.serving.read_path import ReadPath
-from recs.stack import free_port
 
 TIMEOUT_S = 0.5
 

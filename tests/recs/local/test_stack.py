@@ -3,7 +3,11 @@ import socket
 import pytest
 
 from conf.settings import load_settings, with_overrides
-from recs.stack import Broker, Flink, Redis, Stack, StackError, is_loopback, split_hostport
+from recs.local.broker import Broker
+from recs.local.flink_cluster import Flink
+from recs.local.processes import StackError, is_loopback, split_hostport
+from recs.local.redis_server import Redis
+from recs.local.stack import Stack
 
 
 def test_loopback_detection():

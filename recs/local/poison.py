@@ -1,6 +1,6 @@
 """A corpus of poison records: every malformed kind a Flink job must dead-letter without stopping.
 
-    from recs.testing.poison import CLICK_POISON, interleave
+    from recs.local.poison import CLICK_POISON, interleave
 
 Each ``Poison`` is a raw Kafka value that the broker accepts and the contract rejects, with the
 field and a fragment of the reason the dead letter must carry. The two records of issue 8 (an

@@ -19,11 +19,12 @@ from typing import Any
 import redis
 
 from conf import Settings, load_settings
-from recs import flink
-from recs.produce import produce
-from recs.stack import Broker, Stack
+from recs.local import flink_jobs as flink
+from recs.local.broker import Broker
+from recs.local.produce import produce
+from recs.local.stack import Stack
 
-log = logging.getLogger("recs.demo")
+log = logging.getLogger("recs.local.demo")
 
 MALFORMED = [
     b"this is not json",

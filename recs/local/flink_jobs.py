@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from conf.settings import PROJECT_ROOT, Settings, to_env
-from recs.stack import flink_home
+from recs.local.flink_cluster import flink_home
 
 JOBS = {
     "click-counts": PROJECT_ROOT / "jobs" / "click_counts.py",

@@ -1,1 +1,0 @@
-"""Test material shared by the test suite and later jobs' tests (no test framework imports here)."""
