@@ -60,8 +60,8 @@ demo: setup java ## stack up, data generated, events produced, a Flink job consu
 test: setup java ## unit + integration tests (the tests start and stop their own stack)
 	$(PY) -m pytest -q
 
-test-unit: setup ## unit tests only (no services)
-	$(PY) -m pytest -q -m "not integration"
+test-unit: setup ## unit tests only: no service started, no model trained (under 60 s)
+	$(PY) -m pytest -q -m "not integration and not slow"
 
 test-integration: setup java ## integration tests only (real broker, Redis, Flink)
 	$(PY) -m pytest -q -m integration

@@ -24,10 +24,22 @@ from recs.local.redis_server import Redis
 from recs.local.stack import Stack
 
 
+# Markers that tell the truth (`make test-unit` = not integration and not slow): a test is
+# `integration` when it lives in tests/integration/ or uses a fixture that starts a service, and
+# `slow` when it uses a fixture that trains a model; tests that start a server in their body carry
+# the marker themselves.
+SERVICE_FIXTURES = frozenset({"redis_settings", "kafka_settings", "stack_settings", "redis_client",
+                              "index_server", "index_client", "store", "kafka_topic", "produce"})
+SLOW_FIXTURES = frozenset({"trained", "artifact_dir"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/integration/" in str(item.fspath).replace("\\", "/"):
+        names = set(getattr(item, "fixturenames", ()))
+        if "tests/integration/" in str(item.fspath).replace("\\", "/") or names & SERVICE_FIXTURES:
             item.add_marker(pytest.mark.integration)
+        if names & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

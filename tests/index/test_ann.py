@@ -356,6 +356,7 @@ def _recall(got: list[tuple[list[str], list[float]]], want: list[list[str]]) -> 
     return float(np.mean([len(set(g[0]) & set(w)) / len(w) for g, w in zip(got, want, strict=True)]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["HNSW", "IVFFlat"])
 def test_filtered_recall_is_at_least_the_unfiltered_recall(make_index_settings, kind):
     """At 5 %, 20 % and 50 % selectivity, on both strategies (exact rows; widened beam), recall@10 with

@@ -49,6 +49,7 @@ def test_an_ok_call_without_a_message_is_retried_then_unavailable(index_server, 
 
 
 @pytest.mark.slow
+@pytest.mark.integration      # starts and restarts real gRPC servers
 def test_no_none_answer_while_the_server_restarts(make_index_settings, unit_vectors):
     """Stress: 32 threads of fan-out searches (two shards) while the server restarts every 0.3 s.
 

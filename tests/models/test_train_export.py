@@ -148,6 +148,7 @@ def _fingerprint(t) -> tuple:
     return (t.best_epoch, t.best_val, [(h["epoch"], h["loss"], h["val_recall@10"]) for h in t.history])
 
 
+@pytest.mark.slow     # trains a model twice
 def test_same_seed_same_model_on_a_busy_machine(synth_ds, tmp_path, monkeypatch, make_tiny_settings):
     """Two runs of one seed, one on a quiet machine and one where every epoch takes a minute:
     the same epochs, losses, validation and test metrics and weights (the shipped
@@ -170,6 +171,7 @@ def test_same_seed_same_model_on_a_busy_machine(synth_ds, tmp_path, monkeypatch,
         assert torch.equal(v, busy.model.state_dict()[k]), k
 
 
+@pytest.mark.slow     # trains a model
 def test_training_past_the_safety_limit_fails_loudly(synth_ds, tmp_path, monkeypatch, make_tiny_settings):
     import models.train as train_mod
 

@@ -154,6 +154,7 @@ def test_malformed_listing_is_rejected_naming_the_field(raw, field, reason):
     assert (err.value.field, reason in err.value.reason) == (field, True), err.value.reason
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.fixed_dictionaries({
     "user_id": st.one_of(st.text(max_size=140), st.text(ANY_CHAR, max_size=6), st.integers(), st.none()),
@@ -339,6 +340,7 @@ STRATEGIES = {
 EXAMPLES = 2000
 
 
+@pytest.mark.slow     # 2,000 examples a strategy
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_parsing_is_total_and_accepted_records_encode_everywhere(name):
     """Only ContractError, for every strategy, EXAMPLES examples each."""
@@ -351,6 +353,7 @@ def test_parsing_is_total_and_accepted_records_encode_everywhere(name):
     run()
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
 @given(st.builds(Click, user_id=st.text(ANY_CHAR, min_size=1, max_size=140), item_id=st.text(ANY_CHAR, max_size=8),
                  ts=st.integers(LIMITS.min_ts_ms, NOW), session_id=st.none() | st.text(ANY_CHAR, max_size=8)))
