@@ -23,7 +23,6 @@ from recs.local.processes import free_port
 from recs.local.redis_server import Redis
 from recs.local.stack import Stack
 
-
 # Markers that tell the truth (`make test-unit` = not integration and not slow): a test is
 # `integration` when it lives in tests/integration/ or uses a fixture that starts a service, and
 # `slow` when it uses a fixture that trains a model; tests that start a server in their body carry
