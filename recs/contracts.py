@@ -29,7 +29,8 @@ Kafka). So the parser also rejects, naming the field:
 ``parse_or_error`` is the total form a streaming job uses: it returns the record or the
 ``ContractError``, and turns any other exception (a parser bug) into ``ContractError("$",
 "unexpected <type>: <message>", unexpected=True)``, so one record can never stop a job.
-``dead_letter`` always produces a JSON document that encodes as UTF-8.
+``recs.dead_letters.dead_letter`` always produces a JSON document that encodes as UTF-8;
+``recs.json_schema`` publishes the same rules as JSON Schema.
 
 Keys on Kafka (settings ``kafka.topics.click_key/listing_key``): clicks by ``user_id``, listings and
 item embeddings by ``item_id`` by default.
@@ -309,6 +310,11 @@ def parse_listing(raw: bytes | str | dict[str, Any], limits: ContractSettings,
 PARSERS: dict[str, Callable[..., Click | Listing]] = {"click": parse_click, "listing": parse_listing}
 
 
+def encodable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot write (lone surrogates) as a backslash escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def parse_or_error(kind: EventKind, raw: bytes | str | dict[str, Any], limits: ContractSettings,
                    now_ms: int | None = None) -> Click | Listing | ContractError:
     """Total parsing: the record, or the error that rejects it; never raises.
@@ -322,93 +328,7 @@ def parse_or_error(kind: EventKind, raw: bytes | str | dict[str, Any], limits: C
     except ContractError as e:
         return e
     except Exception as e:  # noqa: BLE001 - the point of this function: one record never stops a job
-        return ContractError("$", f"unexpected {type(e).__name__}: {_encodable(str(e))[:300]}", unexpected=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Dead letters: what a job writes to <topic>.dlq for a rejected record. Nothing is lost: the raw
-# record travels in full (base64 when it is not UTF-8).
-# ---------------------------------------------------------------------------------------------
-def _encodable(text: str) -> str:
-    """``text`` with anything UTF-8 cannot write (lone surrogates) as a backslash escape."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def dead_letter(raw: bytes | str | None, error: ContractError, source_topic: str,
-                now_ms: int | None = None, stage: str = "parse") -> str:
-    """The dead-letter JSON for one rejected record; always encodes as UTF-8.
-
-    ``{"source_topic", "stage", "field", "reason", "rejected_at", "raw" | "raw_b64"}``: ``raw`` is the
-    record as text when it is valid UTF-8 (``null`` for a null value), else ``raw_b64`` holds its
-    bytes in base64 (a str with lone surrogates: its bytes under UTF-8 "surrogatepass"). ``stage``
-    says which step rejected it: ``parse`` or the sink's name (``sink:redis``).
-    """
-    doc: dict[str, Any] = {
-        "source_topic": _encodable(source_topic),
-        "stage": _encodable(stage),
-        "field": _encodable(error.field),
-        "reason": _encodable(error.reason),
-        "rejected_at": int(time.time() * 1000) if now_ms is None else now_ms,
-    }
-    if isinstance(raw, str):
-        try:
-            raw.encode("utf-8")
-            doc["raw"] = raw
-        except UnicodeEncodeError:
-            doc["raw_b64"] = base64.b64encode(raw.encode("utf-8", "surrogatepass")).decode("ascii")
-    elif isinstance(raw, bytes):
-        try:
-            doc["raw"] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            doc["raw_b64"] = base64.b64encode(raw).decode("ascii")
-    else:
-        doc["raw"] = None if raw is None else _encodable(repr(raw))
-    return json.dumps(doc, ensure_ascii=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# JSON Schema (draft 2020-12), generated from the field tables.
-# ---------------------------------------------------------------------------------------------
-def _id_schema(limits: ContractSettings) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": limits.max_id_chars,
-            "allOf": [{"pattern": r"\S"}, {"pattern": f"^[^{ID_FORBIDDEN}]*$"}]}
-
-
-def json_schema(kind: EventKind, limits: ContractSettings) -> dict[str, Any]:
-    """The JSON Schema of one event. What it cannot say, the parser still enforces: the
-    future-timestamp limit (clock-dependent), duplicate keys, NaN/Infinity, number length."""
-    fields = CLICK_FIELDS if kind == "click" else LISTING_FIELDS
-    props: dict[str, Any] = {}
-    for name, k, _required in fields:
-        if k == "id":
-            props[name] = _id_schema(limits)
-        elif k == "text":
-            props[name] = {"type": "string", "maxLength": limits.max_text_chars,
-                           "pattern": f"^[^{TEXT_FORBIDDEN}]*$"}
-        elif k == "ts":
-            props[name] = {"type": "integer", "minimum": limits.min_ts_ms,
-                           "description": "epoch milliseconds; at most "
-                                          f"{limits.max_future_skew_ms} ms in the future"}
-        elif k.startswith("enum:"):
-            props[name] = {"enum": k[5:].split(",")}
-        elif k == "price":
-            props[name] = {"type": "number", "minimum": 0}
-        elif k == "attributes":
-            props[name] = {"type": "object", "maxProperties": limits.max_attributes,
-                           "propertyNames": _id_schema(limits),
-                           "additionalProperties": {
-                               "anyOf": [{"type": "string", "maxLength": limits.max_id_chars,
-                                          "pattern": f"^[^{ID_FORBIDDEN}]*$"},
-                                         {"type": "number"}, {"type": "boolean"}]}}
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"https://recstream.dev/schemas/{kind}.schema.json",
-        "title": kind,
-        "type": "object",
-        "properties": props,
-        "required": [n for n, _k, r in fields if r],
-        "additionalProperties": True,
-    }
+        return ContractError("$", f"unexpected {type(e).__name__}: {encodable(str(e))[:300]}", unexpected=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, ProcessFunction
 
 from conf.settings import ContractSettings
-from recs.contracts import ContractError, EventKind, dead_letter, parse_or_error
+from recs.contracts import ContractError, EventKind, parse_or_error
+from recs.dead_letters import dead_letter
 
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 

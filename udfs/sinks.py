@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 from pyflink.datastream import ProcessFunction
 
 from conf.settings import FlinkSettings, KVSettings, RedisSettings
-from recs.contracts import ContractError, dead_letter
+from recs.contracts import ContractError
+from recs.dead_letters import dead_letter
 from udfs.parse import DLQ_TAG
 
 log = logging.getLogger(__name__)

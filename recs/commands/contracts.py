@@ -14,7 +14,7 @@ contracts_app = typer.Typer(help="Event contracts (click, listing).", no_args_is
 @contracts_app.command("schema")
 def schema(kind: str = typer.Argument(..., help="click or listing")) -> None:
     """Print the JSON Schema (draft 2020-12) of an event, generated from the parser's field table."""
-    from recs.contracts import json_schema
+    from recs.json_schema import json_schema
 
     if kind not in ("click", "listing"):
         raise typer.BadParameter(f"expected click or listing, got {kind!r}")

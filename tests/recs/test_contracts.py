@@ -14,12 +14,12 @@ from recs.contracts import (
     ContractError,
     ItemEmbedding,
     Listing,
-    dead_letter,
-    json_schema,
     parse_click,
     parse_listing,
     parse_or_error,
 )
+from recs.dead_letters import dead_letter
+from recs.json_schema import json_schema
 from recs.local.poison import click_poison
 
 LIMITS = load_settings().contracts
