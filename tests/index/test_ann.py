@@ -296,3 +296,24 @@ def test_readers_get_in_between_write_chunks():
             waits.append(time.perf_counter() - t0)
     t.join()
     assert max(waits) < chunks * hold / 4, waits          # one or two chunks, not the whole stream
+
+
+def test_any_memory_layout_of_queries_gives_the_same_answer(make_index_settings, unit_vectors):
+    """The hot path hands raw pointers to FAISS: strided, Fortran-order and unnormalised queries
+    must be laid out as C-order rows first."""
+    idx = ItemIndex(make_index_settings(kind="Flat"))
+    x = unit_vectors(300)
+    idx.upsert([f"i{i}" for i in range(300)], x)
+    q = np.ascontiguousarray(x[:6])
+    want = idx.search_raw(q, 5)
+
+    def same(got, expected=want) -> bool:   # same ids; scores equal up to float32 re-normalisation
+        return len(got) == len(expected) and all(
+            g[0] == w[0] and np.allclose(g[1], w[1], atol=1e-5) for g, w in zip(got, expected, strict=True))
+
+    assert same(idx.search_raw(np.asfortranarray(q), 5))
+    assert same(idx.search_raw(np.asfortranarray(q * 3.0), 5))
+    wide = np.zeros((6, 32), np.float32)
+    wide[:, ::2] = q
+    assert same(idx.search_raw(wide[:, ::2], 5))                        # strided rows
+    assert same(idx.search_raw(wide[0, ::2], 5), want[:1])             # one strided query
