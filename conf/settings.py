@@ -81,6 +81,27 @@ class KafkaSettings(_Section):
             cfg["sasl.password"] = self.sasl_password.get_secret_value()
         return cfg
 
+    def java_properties(self) -> dict[str, str]:
+        """The same security settings as Java Kafka client properties (the Flink connector)."""
+        props: dict[str, str] = {"security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            props["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username and self.sasl_password:
+            props["sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{self.sasl_username}" password="{self.sasl_password.get_secret_value()}";')
+        return props
+
+
+def split_hostport(address: str, default_port: int | None = None) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:9092"`` for IPv6) -> (host, port); ``"host"`` -> default_port."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "]" in port:
+        if default_port is None:
+            raise ValueError(f"address {address!r} has no port")
+        return address.strip("[]"), default_port
+    return host.strip("[]"), int(port)
+
 
 class RedisSettings(_Section):
     host: str

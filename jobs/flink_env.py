@@ -59,18 +59,6 @@ def make_env(settings: Settings) -> StreamExecutionEnvironment:
     return env
 
 
-def _kafka_props(settings: Settings) -> dict[str, str]:
-    props: dict[str, str] = {"security.protocol": settings.kafka.security_protocol}
-    k = settings.kafka
-    if k.sasl_mechanism:
-        props["sasl.mechanism"] = k.sasl_mechanism
-    if k.sasl_username and k.sasl_password:
-        props["sasl.jaas.config"] = (
-            "org.apache.kafka.common.security.plain.PlainLoginModule required "
-            f'username="{k.sasl_username}" password="{k.sasl_password.get_secret_value()}";')
-    return props
-
-
 def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -100,7 +88,7 @@ def kafka_source(env: StreamExecutionEnvironment, settings: Settings, topic: str
         "scan.startup.mode": "group-offsets",
         "scan.topic-partition-discovery.interval": "10 s",
         "value.format": "raw",
-        **{f"properties.{k}": v for k, v in _kafka_props(settings).items()},
+        **{f"properties.{k}": v for k, v in settings.kafka.java_properties().items()},
     }
     with_clause = ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in options.items())
     t_env.execute_sql(f"CREATE TEMPORARY TABLE `{table}` (`value` BYTES) WITH ({with_clause})")
@@ -120,6 +108,6 @@ def kafka_string_sink(settings: Settings, topic: str) -> KafkaSink:
                .set_bootstrap_servers(settings.kafka.bootstrap_servers)
                .set_record_serializer(serializer)
                .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE))
-    for key, value in _kafka_props(settings).items():
+    for key, value in settings.kafka.java_properties().items():
         builder = builder.set_property(key, value)
     return builder.build()

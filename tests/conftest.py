@@ -102,9 +102,9 @@ def stack_settings(test_settings: Settings, _broker: None, _redis: None, _flink:
 @pytest.fixture()
 def redis_client(redis_settings: RedisSettings):  # type: ignore[no-untyped-def]
     """A client on the test Redis, flushed after the test."""
-    import redis
+    from recs.stores.redis_store import redis_client as open_redis
 
-    client = redis.Redis(host=redis_settings.host, port=redis_settings.port, db=redis_settings.db)
+    client = open_redis(redis_settings)
     yield client
     client.flushdb()
     client.close()

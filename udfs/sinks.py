@@ -107,12 +107,9 @@ class RedisCountWriter(ProcessFunction):
         self.source_topic = source_topic
 
     def open(self, runtime_context: Any) -> None:
-        import redis
+        from recs.stores.redis_store import redis_client
 
-        s = self.redis_settings
-        self.client = redis.Redis(host=s.host, port=s.port, db=s.db, socket_timeout=s.socket_timeout_s,
-                                  socket_connect_timeout=s.socket_timeout_s,
-                                  password=s.password.get_secret_value() if s.password else None)
+        self.client = redis_client(self.redis_settings)
         group = runtime_context.get_metrics_group().add_group("recs")
         self._retries = group.counter("sink_retries")
         self._dead = group.counter("sink_dead_letters")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from conf.settings import Settings
+import time
+from typing import Any
+
+from conf.settings import KafkaSettings, Settings, split_hostport
 from recs.local.processes import (
     OneProcess,
     StackError,
@@ -11,7 +14,6 @@ from recs.local.processes import (
     is_loopback,
     port_open,
     spawn,
-    split_hostport,
     wait_healthy,
 )
 
@@ -85,3 +87,21 @@ def create_topics(settings: Settings, names: list[str] | None = None) -> list[st
             if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise StackError(f"could not create topic {name}: {e}") from e
     return created
+
+
+def read_topic(kafka: KafkaSettings, topic: str, expect: int, timeout_s: float = 30.0,
+               group: str = "recs-reader") -> list[Any]:
+    """Up to ``expect`` messages of a topic from offset 0 of every partition, tombstones included,
+    within ``timeout_s`` (assigned partitions, no group join: Tansu joins groups slowly)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({**kafka.client_config(), "group.id": group, "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(kafka.topics.partitions_of(topic))])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < expect and time.monotonic() < deadline:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            out.append(m)
+    c.close()
+    return out

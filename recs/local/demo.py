@@ -14,15 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
 
-import redis
-
-from conf import Settings, load_settings
+from conf import load_settings
 from recs.local import flink_jobs as flink
-from recs.local.broker import Broker
+from recs.local.broker import Broker, read_topic
 from recs.local.produce import produce
 from recs.local.stack import Stack
+from recs.stores.redis_store import redis_client
 
 log = logging.getLogger("recs.local.demo")
 
@@ -49,7 +47,7 @@ def main(events: int = 50_000) -> None:
     broker = Broker(settings)  # fresh topics: memory storage is emptied by a restart
     broker.stop()
     broker.start()
-    r = _redis(settings)
+    r = redis_client(settings.redis)
     pattern = f"{settings.kv.key_prefix}clicks:*"
     for key in list(r.scan_iter(match=pattern, count=1000)):
         r.delete(key)
@@ -86,7 +84,8 @@ def main(events: int = 50_000) -> None:
         if total >= report.delivered:
             break
         time.sleep(1)
-    dlq = _read_topic(settings, settings.kafka.topics.clicks_dlq, len(MALFORMED))
+    dlq = [json.loads(m.value()) for m in read_topic(settings.kafka, settings.kafka.topics.clicks_dlq,
+                                                      len(MALFORMED), group="recs-demo-reader")]
     job_metrics: dict[str, float] = {}
     for _ in range(30):  # the REST metrics lag the records by a reporting interval
         job_metrics = flink.metrics(settings, job_id)
@@ -107,30 +106,6 @@ def main(events: int = 50_000) -> None:
     if not ok:
         raise SystemExit("demo check failed: counts or dead letters do not match")
     print("demo ok. The stack is still running: `recs stack status`, `make down` to stop it.")
-
-
-def _redis(settings: Settings) -> redis.Redis:
-    s = settings.redis
-    return redis.Redis(host=s.host, port=s.port, db=s.db,
-                       password=s.password.get_secret_value() if s.password else None)
-
-
-def _read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
-    """Read a topic from offset 0 of every partition (assign, no group: Tansu joins groups slowly)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({**settings.kafka.client_config(), "group.id": "recs-demo-reader",
-                  "enable.auto.commit": False})
-    parts = settings.kafka.topics.partitions_of(topic)
-    c.assign([TopicPartition(topic, p, 0) for p in range(parts)])
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < expect and time.monotonic() < deadline:
-        m = c.poll(0.5)
-        if m is not None and not m.error() and m.value() is not None:
-            out.append(json.loads(m.value()))  # type: ignore[arg-type]
-    c.close()
-    return out
 
 
 if __name__ == "__main__":

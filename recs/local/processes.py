@@ -58,11 +58,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def split_hostport(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)

@@ -26,10 +26,9 @@ class Redis(OneProcess):
         return f"{self.host}:{self.port}"
 
     def _client(self) -> Any:
-        import redis
+        from recs.stores.redis_store import redis_client
 
-        pw = self.s.redis.password.get_secret_value() if self.s.redis.password else None
-        return redis.Redis(host=self.host, port=self.port, password=pw, socket_timeout=1.0)
+        return redis_client(self.s.redis, timeout_s=1.0)
 
     def healthy(self) -> bool:
         try:

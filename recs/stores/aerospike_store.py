@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from conf.settings import AerospikeSettings, KVSettings
+from conf.settings import AerospikeSettings, KVSettings, split_hostport
 from recs.stores.base import (
     KIND_ITEM,
     KIND_RECS,
@@ -41,8 +41,7 @@ class AerospikeStore:
         self.kv = kv
         self._aerospike = aerospike
         if client is None:
-            hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1]) if ":" in h else 3000)
-                     for h in settings.hosts]
+            hosts = [split_hostport(h, default_port=3000) for h in settings.hosts]
             config: dict[str, Any] = {"hosts": hosts, "policies": {
                 "read": {"total_timeout": settings.timeout_ms},
                 "write": {"total_timeout": settings.timeout_ms},

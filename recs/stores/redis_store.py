@@ -40,15 +40,20 @@ return 1
 """
 
 
+def redis_client(settings: RedisSettings, timeout_s: float | None = None) -> redis.Redis:
+    """The one way to open Redis from settings: host, port, db, password, and the socket and
+    connect timeouts (``socket_timeout_s``, or ``timeout_s`` when given)."""
+    t = settings.socket_timeout_s if timeout_s is None else timeout_s
+    pw = settings.password.get_secret_value() if settings.password else None
+    return redis.Redis(host=settings.host, port=settings.port, db=settings.db, password=pw,
+                       socket_timeout=t, socket_connect_timeout=t)
+
+
 class RedisStore:
     def __init__(self, redis_settings: RedisSettings, kv: KVSettings,
                  client: redis.Redis | None = None) -> None:
         self.kv = kv
-        pw = redis_settings.password.get_secret_value() if redis_settings.password else None
-        self.client = client or redis.Redis(
-            host=redis_settings.host, port=redis_settings.port, db=redis_settings.db, password=pw,
-            socket_timeout=redis_settings.socket_timeout_s,
-            socket_connect_timeout=redis_settings.socket_timeout_s)
+        self.client = client or redis_client(redis_settings)
         self._put = self.client.register_script(PUT_IF_NOT_OLDER)
 
     def key(self, kind: str, ident: str) -> str:

@@ -3,7 +3,7 @@ import os
 import pydantic
 import pytest
 
-from conf.settings import PROJECT_ROOT, Settings, load_settings, to_env, with_overrides
+from conf.settings import PROJECT_ROOT, Settings, load_settings, split_hostport, to_env, with_overrides
 
 
 def test_defaults_are_the_embedded_stack_on_loopback():
@@ -64,3 +64,28 @@ def test_to_env_rebuilds_the_same_settings(monkeypatch):
         monkeypatch.setenv(key, value)
     assert load_settings() == s
     assert isinstance(s, Settings)
+
+
+def test_split_hostport():
+    assert split_hostport("127.0.0.1:9092") == ("127.0.0.1", 9092)
+    assert split_hostport("[::1]:9092") == ("::1", 9092)
+
+
+def test_split_hostport_default_port_and_missing_port():
+    assert split_hostport("db1", default_port=3000) == ("db1", 3000)
+    assert split_hostport("[::1]", default_port=3000) == ("::1", 3000)
+    assert split_hostport("db1:3100", default_port=3000) == ("db1", 3100)
+    with pytest.raises(ValueError, match="has no port"):
+        split_hostport("db1")
+
+
+def test_kafka_java_properties_carry_the_same_security_settings(monkeypatch):
+    monkeypatch.setenv("RECS_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RECS_KAFKA__SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("RECS_KAFKA__SASL_USERNAME", "u")
+    monkeypatch.setenv("RECS_KAFKA__SASL_PASSWORD", "p")
+    k = load_settings().kafka
+    props = k.java_properties()
+    assert props["security.protocol"] == k.client_config()["security.protocol"] == "SASL_SSL"
+    assert props["sasl.mechanism"] == "PLAIN"
+    assert props["sasl.jaas.config"].endswith('username="u" password="p";')

@@ -7,14 +7,15 @@ import json
 
 import pandas as pd
 import pytest
-import redis
 from confluent_kafka import Producer
 
 from recs.data.synth import SynthConfig, generate
 from recs.local import flink_jobs as flink
+from recs.local.broker import read_topic
 from recs.local.produce import produce
+from recs.stores.redis_store import redis_client
 
-from .helpers import read_topic, wait_for
+from .helpers import wait_for
 
 FUTURE = 4_102_444_800_000  # 2100-01-01
 MALFORMED = {
@@ -52,7 +53,7 @@ def test_click_counts_job_counts_every_valid_click_and_dead_letters_the_rest(sta
 
     expected = pd.read_parquet(tmp_path / "clicks.parquet").groupby("user_id").agg(
         clicks=("ts", "size"), last_ts=("ts", "max"))
-    r = redis.Redis(host=s.redis.host, port=s.redis.port)
+    r = redis_client(s.redis)
 
     def counts():
         keys = r.keys("clicks:*")

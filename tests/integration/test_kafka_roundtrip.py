@@ -4,10 +4,8 @@ contract says."""
 import json
 
 from recs.data.synth import SynthConfig, generate
-from recs.local.broker import create_topics
+from recs.local.broker import create_topics, read_topic
 from recs.local.produce import iter_rows, produce
-
-from .helpers import read_topic
 
 
 def test_produce_consume_round_trip(test_settings, kafka_settings, tmp_path):

@@ -11,7 +11,6 @@ import json
 from collections import Counter
 
 import pytest
-import redis
 from confluent_kafka import Producer
 from typer.testing import CliRunner
 
@@ -19,11 +18,12 @@ from conf.settings import to_env, with_overrides
 from recs.cli import app
 from recs.contracts import Click
 from recs.local import flink_jobs as flink
-from recs.local.broker import create_topics
+from recs.local.broker import create_topics, read_topic
 from recs.local.poison import TS, click_poison, interleave
 from recs.local.processes import free_port
+from recs.stores.redis_store import redis_client
 
-from .helpers import read_topic, wait_for
+from .helpers import wait_for
 
 SEED = 8
 
@@ -59,7 +59,7 @@ def _metric(metrics, name):
 def test_poison_records_leave_click_counts_running_and_lose_nothing(stack_settings, submitted):
     s = _own_topics(stack_settings, "poison-clicks")
     corpus = click_poison(s.contracts)
-    r = redis.Redis(host=s.redis.host, port=s.redis.port)
+    r = redis_client(s.redis)
     # A valid click the sink cannot write: its key holds a string, so HSET fails with WRONGTYPE.
     refused = Click("refused-user", "i1", TS)
     r.set(f"{s.kv.key_prefix}clicks:{refused.user_id}", "not a hash")

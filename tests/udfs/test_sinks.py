@@ -13,6 +13,7 @@ from conf import load_settings
 from conf.settings import with_overrides
 from recs.local.processes import free_port
 from recs.local.redis_server import Redis
+from recs.stores.redis_store import redis_client
 from udfs.sinks import RetryPolicy, call_with_retry, is_transient, write_or_dead_letter
 
 FAST = RetryPolicy(retries=3, backoff_s=0.01, max_backoff_s=0.02)
@@ -60,7 +61,7 @@ def test_a_redis_that_comes_back_loses_nothing(test_settings, tmp_path):
     """Nothing listens at first; redis-server starts while the sink backs off; the write lands."""
     s = with_overrides(test_settings, redis={"port": free_port()}, stack={"run_dir": tmp_path})
     server = Redis(s)
-    client = redis.Redis(host=s.redis.host, port=s.redis.port, socket_connect_timeout=1)
+    client = redis_client(s.redis, timeout_s=1)
     starter = threading.Timer(0.5, server.start)
     retried: list[BaseException] = []
     starter.start()

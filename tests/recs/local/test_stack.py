@@ -5,7 +5,7 @@ import pytest
 from conf.settings import load_settings, with_overrides
 from recs.local.broker import Broker
 from recs.local.flink_cluster import Flink
-from recs.local.processes import StackError, is_loopback, split_hostport
+from recs.local.processes import StackError, is_loopback
 from recs.local.redis_server import Redis
 from recs.local.stack import Stack
 
@@ -13,11 +13,6 @@ from recs.local.stack import Stack
 def test_loopback_detection():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("10.0.0.5") and not is_loopback("kafka-1")
-
-
-def test_split_hostport():
-    assert split_hostport("127.0.0.1:9092") == ("127.0.0.1", 9092)
-    assert split_hostport("[::1]:9092") == ("::1", 9092)
 
 
 def test_remote_services_are_external_never_started():
