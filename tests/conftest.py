@@ -5,6 +5,7 @@ folder of their own, so a developer's `make up` stack (default ports) is never t
     redis_settings  a real redis-server            -> conf.settings.RedisSettings
     kafka_settings  a real Tansu broker + topics   -> conf.settings.KafkaSettings
     stack_settings  broker + Redis + Flink cluster -> conf.settings.Settings
+    start_index_server  factory: a real gRPC index server on loopback -> (IndexServer, address)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from recs.local.stack import Stack
 # `slow` when it uses a fixture that trains a model; tests that start a server in their body carry
 # the marker themselves.
 SERVICE_FIXTURES = frozenset({"redis_settings", "kafka_settings", "stack_settings", "redis_client",
-                              "index_server", "index_client", "store", "kafka_topic", "produce"})
+                              "start_index_server", "index_server", "index_client", "store", "kafka_topic", "produce"})
 SLOW_FIXTURES = frozenset({"trained", "artifact_dir"})
 
 
@@ -97,6 +98,25 @@ def kafka_settings(test_settings: Settings, _broker: None) -> KafkaSettings:
 @pytest.fixture(scope="session")
 def stack_settings(test_settings: Settings, _broker: None, _redis: None, _flink: None) -> Settings:
     return test_settings
+
+
+@pytest.fixture
+def start_index_server():  # type: ignore[no-untyped-def]
+    """Factory: ``start_index_server(settings, index=None)`` -> (IndexServer, "127.0.0.1:PORT"):
+    a real gRPC index server on loopback (``settings.port`` 0 = a free port), stopped after the test."""
+    from index.ann import ItemIndex
+    from index.server import IndexServer
+
+    started: list[IndexServer] = []
+
+    def start(settings, index=None):  # type: ignore[no-untyped-def]
+        server = IndexServer(settings, index or ItemIndex(settings)).start()
+        started.append(server)
+        return server, f"127.0.0.1:{server.port}"
+
+    yield start
+    for server in started:
+        server.stop(0)
 
 
 @pytest.fixture()

@@ -44,25 +44,10 @@ def _unit_vectors() -> Callable[..., np.ndarray]:
 
 
 @pytest.fixture
-def index_server(make_index_settings):
-    """Factory: start a real gRPC index server on a free loopback port; stopped after the test.
-
-    ``index_server(kind="Flat", **settings)`` -> (IndexServer, address "127.0.0.1:PORT").
-    """
-    from index.ann import ItemIndex
-    from index.server import IndexServer
-
-    started: list[IndexServer] = []
-
-    def start(index: ItemIndex | None = None, **over: Any):
-        s = make_index_settings(**over)
-        server = IndexServer(s, index or ItemIndex(s)).start()
-        started.append(server)
-        return server, f"127.0.0.1:{server.port}"
-
-    yield start
-    for server in started:
-        server.stop(0)
+def index_server(start_index_server, make_index_settings):
+    """``index_server(index=None, kind="Flat", **settings)`` -> (IndexServer, "127.0.0.1:PORT"),
+    with the small settings above (tests/conftest.py's ``start_index_server`` starts it)."""
+    return lambda index=None, **over: start_index_server(make_index_settings(**over), index)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import pytest
 from conf import load_settings
 from index.ann import ItemIndex
 from index.client import GrpcIndexClient
-from index.server import IndexServer
 from recs.stores.redis_store import RedisStore
 
 D = 16
@@ -30,18 +29,17 @@ def catalogue():
 
 
 @pytest.fixture
-def index_server(index_settings, catalogue):
+def catalogue_server(start_index_server, index_settings, catalogue):
+    """A real gRPC index server holding the catalogue (model_version v1) -> "127.0.0.1:PORT"."""
     ids, x = catalogue
     idx = ItemIndex(index_settings)
     idx.upsert(ids, x, categories=[f"c{i % 4}" for i in range(200)], model_version="v1")
-    server = IndexServer(index_settings, idx).start()
-    yield server
-    server.stop(0)
+    return start_index_server(index_settings, idx)[1]
 
 
 @pytest.fixture
-def index_client(index_server, index_settings):
-    client = GrpcIndexClient(index_settings, [[f"127.0.0.1:{index_server.port}"]])
+def index_client(catalogue_server, index_settings):
+    client = GrpcIndexClient(index_settings, [[catalogue_server]])
     yield client
     client.close()
 
