@@ -22,7 +22,7 @@ from pathlib import Path
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from recs.data.synth import SynthConfig, generate
+from recs.local.data.synth import SynthConfig, generate
 events, out = int(sys.argv[1]), Path(sys.argv[2])
 items, users = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 3 else (None, None)
 t0 = time.perf_counter()

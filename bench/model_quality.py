@@ -75,8 +75,8 @@ PARTS = ("llo", "time", "aux")
 def movielens_dir(data_dir: Path) -> Path:
     """The converted MovieLens folder; (re)converted when missing or written with another tie
     order (an older folder ordered same-second clicks by movieId)."""
-    from recs.data.movielens import TIE_ORDER, TIE_SEED, convert
-    from recs.data.schema import read_manifest
+    from recs.local.data.movielens import TIE_ORDER, TIE_SEED, convert
+    from recs.local.data.schema import read_manifest
 
     out = data_dir / "movielens"
     current = False
@@ -93,7 +93,7 @@ def movielens_dir(data_dir: Path) -> Path:
 def synth_dir(data_dir: Path, events: int, seed: int) -> Path:
     out = data_dir / f"synth-{events}-{seed}"
     if not (out / "users.parquet").is_file():
-        from recs.data.synth import generate
+        from recs.local.data.synth import generate
 
         generate(out, events=events, seed=seed, progress=False)
     return out
@@ -230,8 +230,8 @@ def main() -> None:
     common = {"settings": base.model_dump(mode="json"),
               "machine": {"cpus": _cpus(), "python": platform.python_version()}}
 
-    from recs.data.movielens import tie_stats
-    from recs.data.schema import read_manifest
+    from recs.local.data.movielens import tie_stats
+    from recs.local.data.schema import read_manifest
 
     mdir = movielens_dir(settings.data.data_dir)
     ds = load_dataset(mdir, name="movielens-latest-small")
@@ -289,7 +289,7 @@ def main() -> None:
         new_items = new_items_report(ds, held, t_new) | {
             "train_seconds": round(t_new.seconds, 1), "epochs": len(t_new.history)}
 
-        from recs.data.synth import COLOURS
+        from recs.local.data.synth import COLOURS
 
         sdir = synth_dir(settings.data.data_dir, args.synth_events, 42)
         sds = load_dataset(sdir, name=f"synth-{args.synth_events}")

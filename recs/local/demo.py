@@ -53,7 +53,7 @@ def main(events: int = 50_000) -> None:
         r.delete(key)
 
     log.info("2/6 synthetic data: %d clicks", events)
-    from recs.data.synth import generate
+    from recs.local.data.synth import generate
 
     counts = generate(data_dir, events=events, seed=settings.data.seed)
     log.info("    %s", counts)

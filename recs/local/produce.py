@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from conf.settings import Settings
 from recs.contracts import ContractError, parse_click, parse_listing
-from recs.data.schema import CLICKS_FILE, LISTINGS_FILE
+from recs.local.data.schema import CLICKS_FILE, LISTINGS_FILE
 
 log = logging.getLogger(__name__)
 

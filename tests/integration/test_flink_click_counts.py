@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from confluent_kafka import Producer
 
-from recs.data.synth import SynthConfig, generate
 from recs.local import flink_jobs as flink
 from recs.local.broker import read_topic
+from recs.local.data.synth import SynthConfig, generate
 from recs.local.produce import produce
 from recs.stores.redis_store import redis_client
 

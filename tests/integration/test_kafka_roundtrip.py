@@ -3,8 +3,8 @@ contract says."""
 
 import json
 
-from recs.data.synth import SynthConfig, generate
 from recs.local.broker import create_topics, read_topic
+from recs.local.data.synth import SynthConfig, generate
 from recs.local.produce import iter_rows, produce
 
 
@@ -35,7 +35,7 @@ def test_producer_counts_and_skips_records_that_break_the_contract(test_settings
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recs.data.schema import CLICK_SCHEMA
+    from recs.local.data.schema import CLICK_SCHEMA
 
     rows = [
         {"user_id": "u1", "item_id": "i1", "ts": 1790812800000, "event": "click", "session_id": None},

@@ -1,4 +1,4 @@
-"""Fixtures for the model tests: a small synthetic catalogue (recs.data.synth) and a tiny model
+"""Fixtures for the model tests: a small synthetic catalogue (recs.local.data.synth) and a tiny model
 trained on it in a few seconds, shared by the whole session."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def tiny_settings(tmp: Path, **overrides: object) -> ModelSettings:
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recs.data.synth import generate
+    from recs.local.data.synth import generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, events=20_000, seed=7, progress=False)

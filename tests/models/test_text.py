@@ -1,5 +1,5 @@
 """Text similarity of the item tower. Encoder: the BPE + mean-pool item tower of the tiny model
-that conftest.py trains on synthetic clicks (recs.data.synth): its titles write a colour family
+that conftest.py trains on synthetic clicks (recs.local.data.synth): its titles write a colour family
 with synonyms (red / scarlet / crimson / ruby) and users stick to a colour family, so the tower
 can only place "scarlet" near "red" by learning it from co-clicks; a text-overlap encoder cannot."""
 
@@ -22,7 +22,7 @@ def test_scarlet_dress_is_closer_to_red_dress_than_to_blue_jeans(trained):
 
 def test_colour_synonyms_cluster(trained):
     """Average over product types: every synonym of red is closer to red than to blue."""
-    from recs.data.synth import COLOURS
+    from recs.local.data.synth import COLOURS
 
     products = ["dress", "sneakers", "handbag", "sofa", "t-shirt"]
     margins = []

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recs.data.schema import CLICK_SCHEMA, CLICKS_FILE, LISTING_SCHEMA, LISTINGS_FILE, write_manifest
+from recs.local.data.schema import CLICK_SCHEMA, CLICKS_FILE, LISTING_SCHEMA, LISTINGS_FILE, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import pytest
 
 from conf import load_settings
 from recs.contracts import parse_click, parse_listing
-from recs.data.schema import CLICK_SCHEMA, LISTING_SCHEMA
-from recs.data.synth import COLOURS, SynthConfig, generate
+from recs.local.data.schema import CLICK_SCHEMA, LISTING_SCHEMA
+from recs.local.data.synth import COLOURS, SynthConfig, generate
 
 LIMITS = load_settings().contracts
 NOW = 1_900_000_000_000

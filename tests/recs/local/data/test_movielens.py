@@ -4,7 +4,7 @@ import pandas as pd
 
 from conf import load_settings
 from recs.contracts import parse_click, parse_listing
-from recs.data.movielens import convert
+from recs.local.data.movielens import convert
 
 
 def test_reproduces_the_published_counts(tmp_path):
@@ -27,8 +27,8 @@ def test_same_second_clicks_are_not_ordered_by_id(tmp_path):
     """In every tied (user, timestamp) group the order is the seeded hash, not movieId: among the
     last-click test targets that share their timestamp with the click before, about half (not
     all) have the higher movieId; the tie statistics land in the manifest."""
-    from recs.data.movielens import TIE_ORDER, tie_key
-    from recs.data.schema import read_manifest
+    from recs.local.data.movielens import TIE_ORDER, tie_key
+    from recs.local.data.schema import read_manifest
 
     convert(tmp_path)
     clicks = pd.read_parquet(tmp_path / "clicks.parquet")
@@ -47,7 +47,7 @@ def test_same_second_clicks_are_not_ordered_by_id(tmp_path):
 def test_tie_key_is_fixed_and_seeded():
     import numpy as np
 
-    from recs.data.movielens import tie_key
+    from recs.local.data.movielens import tie_key
 
     u, m = np.array([1, 1, 2]), np.array([5, 6, 5])
     assert tie_key(u, m).tolist() == tie_key(u, m).tolist()

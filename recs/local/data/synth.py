@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recs.data.schema import (
+from recs.local.data.schema import (
     CLICK_SCHEMA,
     CLICKS_FILE,
     LISTING_SCHEMA,
