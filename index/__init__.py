@@ -1,1 +1,1 @@
-"""FAISS index wrapper, gRPC index server and client, item_embeddings feeder."""
+"""The ANN index service: FAISS index, gRPC server and client, item_embeddings feeder; see index/README.md."""

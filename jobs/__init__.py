@@ -1,1 +1,1 @@
-"""Entry points: Flink jobs (user_embeddings, item_index, click_counts), the Spark job, replay."""
+"""Flink job entry points (click_counts today); see jobs/README.md."""

@@ -1,1 +1,2 @@
-"""recstream shared package: event contracts, the local stack, data generators, KV stores."""
+"""recstream backend package (contracts, KV stores, read path, CLI); development tooling in recs/local/.
+See recs/README.md."""

@@ -1,1 +1,1 @@
-"""Flink functions: parsing/validation, keyed state logic, async ONNX towers, sinks."""
+"""Flink functions: parsing/validation, keyed click counts, the Redis sink; see udfs/README.md."""
