@@ -59,6 +59,7 @@ import faiss
 import numpy as np
 
 from conf import load_settings
+from conf.settings import override
 from index import snapshot
 from index.ann import ItemIndex
 
@@ -127,7 +128,7 @@ def _cached_build(name: str, cache: Path, build, save, load) -> tuple[Any, float
 
 
 def build_ours(kind: str, cfg, ids, x, args, cache: Path | None) -> tuple[ItemIndex, float, bool]:
-    s = cfg.model_copy(update={"kind": kind, "train_min": 1})
+    s = override(cfg, {"kind": kind, "train_min": 1})
 
     def build() -> ItemIndex:
         idx = ItemIndex(s)
@@ -458,7 +459,7 @@ def filtered_part(args, cfg) -> dict[str, Any]:
         label_of = {s: i for i, s in enumerate(ids)}
         cats = [f"b{i}" for i in np.searchsorted(bins, u, side="right") - 1]   # b0: u < 0.0001, ...
         log.info("filtered %s: data + truth in %.1f s", dist, time.perf_counter() - t0)
-        idx = ItemIndex(cfg.model_copy(update={"kind": "HNSW"}))
+        idx = ItemIndex(override(cfg, {"kind": "HNSW"}))
         faiss.omp_set_num_threads(args.build_threads)
         t0 = time.perf_counter()
         idx.load_batch(ids, x, categories=cats, model_version="bench")
@@ -488,7 +489,7 @@ def filtered_part(args, cfg) -> dict[str, Any]:
                     if s == 1.0 and name.startswith("ours:"):
                         continue                      # unfiltered: one "ours (served)" point
                     if isinstance(eng, dict):
-                        idx.settings = served.model_copy(update=eng)
+                        idx.settings = override(served, eng)
                         idx._filter_cache.clear()
                         fn, to_items = _ours_fn(idx, None if s == 1.0 else filters[s], label_of)
                     else:
@@ -550,7 +551,7 @@ def _stall_server(cfg, n: int, d: int, conn) -> None:
     server = IndexServer(cfg, idx).start()
     conn.send(server.port)
     while (over := conn.recv()) is not None:               # the same server, other limits
-        idx.settings = server.servicer.settings = cfg.model_copy(update=over)
+        idx.settings = server.servicer.settings = override(cfg, over)
         conn.send("ok")
     server.stop(0)
 
@@ -623,7 +624,7 @@ def stall_part(args, cfg) -> dict[str, Any]:
     from index.proto import index_pb2_grpc as pb_grpc
 
     n, d = args.stall_n, args.d
-    cfg = cfg.model_copy(update={"kind": "HNSW", "port": 0, "metrics_port": 0})
+    cfg = override(cfg, {"kind": "HNSW", "port": 0, "metrics_port": 0})
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_stall_server, args=(cfg, n, d, child))
@@ -670,7 +671,7 @@ def stall_part(args, cfg) -> dict[str, Any]:
         for name, (over, pause_s) in STALL_VARIANTS.items():
             parent.send(over)
             parent.recv()
-            v = cfg.model_copy(update=over)
+            v = override(cfg, over)
             out[name] = {"lock_work": v.lock_work, "batch_ef_search": v.max_ef_search,
                          "write_chunk": v.write_chunk, "upsert_pause_s": pause_s,
                          **scenario(v.max_ef_search, pause_s)}
@@ -775,7 +776,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    cfg = load_settings().index.model_copy(update={"dim": args.d, "compaction_min_dead": 10**9})
+    cfg = override(load_settings().index, {"dim": args.d, "compaction_min_dead": 10**9})
     if args.filtered_only or args.stall_only:
         previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
         if args.filtered_only:

@@ -51,7 +51,7 @@ import numpy as np
 import psutil
 
 from conf import load_settings
-from conf.settings import Settings, to_env, with_overrides
+from conf.settings import Settings, override, to_env, with_overrides
 
 log = logging.getLogger("bench.soak")
 ROOT = Path(__file__).resolve().parent.parent
@@ -431,7 +431,7 @@ def main() -> None:
         try:
             procs["index"] = start_index(env, s, 120, work / "index.log")
             world = World(args, s.index.dim)
-            loader = GrpcIndexClient(s.index.model_copy(update={"client_deadline_ms": 60_000}))
+            loader = GrpcIndexClient(override(s.index, {"client_deadline_ms": 60_000}))
             t = time.perf_counter()
             world.load(s, loader, min(512, s.index.max_batch))
             loader.close()

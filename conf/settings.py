@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -37,6 +38,9 @@ DEFAULTS_FILE = CONF_DIR / "defaults.toml"
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_S = TypeVar("_S", bound=_Section)
 
 
 class TopicSettings(_Section):
@@ -382,6 +386,13 @@ def to_env(settings: Settings) -> dict[str, str]:
                 text = json.dumps(value)
             env[f"RECS_{section_name.upper()}__{name.upper()}"] = text
     return env
+
+
+def override(section: _S, fields: Mapping[str, object]) -> _S:
+    """A copy of one settings section with some fields replaced, validated like the original,
+    e.g. override(settings.index, {"kind": "Flat"}). (``with_overrides`` does the same for the whole
+    settings, where a change may need the cross-section checks.)"""
+    return type(section).model_validate({**section.model_dump(), **fields})
 
 
 def with_overrides(settings: Settings, **sections: dict[str, object]) -> Settings:

@@ -16,7 +16,7 @@ import threading
 
 import typer
 
-from conf.settings import Settings, load_settings, with_overrides
+from conf.settings import Settings, load_settings, override, with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def index_serve(
     # FAISS OpenMP threads of this process role ([threads] index_service), set at start
     faiss_threads = settings.threads.index_service.faiss_omp
     faiss.omp_set_num_threads(faiss_threads)
-    s = settings.index.model_copy(update={"omp_threads": faiss_threads})  # ItemIndex sets it too
+    s = override(settings.index, {"omp_threads": faiss_threads})  # ItemIndex sets it too
     restored = snapshot.load_latest(s) if restore else None
     index, offsets = restored if restored else (ItemIndex(s), {})
     feeder = Feeder(index, settings.kafka, s, offsets=offsets) if feed else None

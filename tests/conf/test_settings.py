@@ -3,7 +3,7 @@ import os
 import pydantic
 import pytest
 
-from conf.settings import PROJECT_ROOT, Settings, load_settings, split_hostport, to_env, with_overrides
+from conf.settings import PROJECT_ROOT, Settings, load_settings, override, split_hostport, to_env, with_overrides
 
 
 def test_defaults_are_the_embedded_stack_on_loopback():
@@ -89,3 +89,13 @@ def test_kafka_java_properties_carry_the_same_security_settings(monkeypatch):
     assert props["security.protocol"] == k.client_config()["security.protocol"] == "SASL_SSL"
     assert props["sasl.mechanism"] == "PLAIN"
     assert props["sasl.jaas.config"].endswith('username="u" password="p";')
+
+
+def test_override_of_a_section_is_validated_like_the_section():
+    index = load_settings().index
+    flat = override(index, {"kind": "Flat", "port": 0})
+    assert (flat.kind, flat.port, flat.dim) == ("Flat", 0, index.dim)
+    with pytest.raises(pydantic.ValidationError, match="kind"):
+        override(index, {"kind": "Annoy"})
+    with pytest.raises(pydantic.ValidationError, match="no_such_field"):
+        override(index, {"no_such_field": 1})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conf import load_settings
-from conf.settings import IndexSettings
+from conf.settings import IndexSettings, override
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def make_index_settings(base_index_settings: IndexSettings, tmp_path) -> Callabl
                                    snapshot_dir=tmp_path / "snapshots", model_version="",
                                    port=0, metrics_port=0)
         cfg.update(over)
-        return base_index_settings.model_copy(update=cfg)
+        return override(base_index_settings, cfg)
 
     return make
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conf.settings import override
 from index.ann import ItemIndex
 from index.client import GrpcIndexClient, shard_of
 from index.errors import IndexUnavailable, InvalidRequest, ModelVersionMismatch
@@ -109,7 +110,7 @@ def test_health_reports_serving_state(index_server):
 def test_client_retries_unavailable_on_the_next_replica(served, make_index_settings):
     idx, x, addr, stub, s = served
     dead = "127.0.0.1:1"                                          # nothing listens there
-    client = GrpcIndexClient(s.model_copy(update={"client_retries": 2, "client_deadline_ms": 2000}),
+    client = GrpcIndexClient(override(s, {"client_retries": 2, "client_deadline_ms": 2000}),
                              [[dead, addr]])
     from prometheus_client import REGISTRY
 
@@ -119,7 +120,7 @@ def test_client_retries_unavailable_on_the_next_replica(served, make_index_setti
     for _ in range(4):                                             # round-robin starts on each
         assert client.search(x[0], 1)[0][0] == ["i0"]
     assert retries() == before + 2                                 # every other call hit the dead one
-    only_dead = GrpcIndexClient(s.model_copy(update={"client_retries": 1}), [[dead]])
+    only_dead = GrpcIndexClient(override(s, {"client_retries": 1}), [[dead]])
     with pytest.raises(IndexUnavailable, match="UNAVAILABLE"):
         only_dead.search(x[0], 1)
 

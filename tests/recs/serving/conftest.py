@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conf import load_settings
+from conf.settings import override
 from index.ann import ItemIndex
 from index.client import GrpcIndexClient
 from recs.stores.redis_store import RedisStore
@@ -15,7 +16,7 @@ D = 16
 
 @pytest.fixture
 def index_settings(tmp_path):
-    return load_settings().index.model_copy(update={
+    return override(load_settings().index, {
         "kind": "HNSW", "dim": D, "hnsw_m": 8, "ef_construction": 40, "ef_search": 64, "port": 0,
         "metrics_port": 0, "snapshot_dir": tmp_path, "model_version": "", "client_deadline_ms": 2000})
 
@@ -46,7 +47,7 @@ def index_client(catalogue_server, index_settings):
 
 @pytest.fixture
 def store(redis_settings):
-    kv = load_settings().kv.model_copy(update={"key_prefix": "serving-test:"})
+    kv = override(load_settings().kv, {"key_prefix": "serving-test:"})
     s = RedisStore(redis_settings, kv)
     s.client.flushdb()
     yield s
@@ -55,4 +56,4 @@ def store(redis_settings):
 
 @pytest.fixture
 def serve_settings():
-    return load_settings().serve.model_copy(update={"phase": 3, "default_k": 10, "index_deadline_ms": 2000})
+    return override(load_settings().serve, {"phase": 3, "default_k": 10, "index_deadline_ms": 2000})

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
+from conf.settings import override
 from recs.serving.app import create_app
 from recs.serving.read_path import ReadPath
 from recs.stores.base import RecsList, UserRecord
@@ -59,7 +60,7 @@ def test_malformed_stored_record_falls_back(store, index_client, serve_settings,
 
 def test_store_timeout_is_a_counted_fallback(store, redis_settings, index_client, serve_settings, caplog):
     """Redis paused (every command blocks) past the client's socket timeout: 200, empty, counted."""
-    slow = RedisStore(redis_settings.model_copy(update={"socket_timeout_s": 0.2}), store.kv)
+    slow = RedisStore(override(redis_settings, {"socket_timeout_s": 0.2}), store.kv)
     admin = redis_client(redis_settings, timeout_s=10)    # outlives the 3 s pause
     before = counter("recs_serve_errors_total", where="get_users")
     app = TestClient(create_app(ReadPath(slow, index_client, serve_settings)))

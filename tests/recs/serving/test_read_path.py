@@ -7,6 +7,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
+from conf.settings import override
 from index.client import GrpcIndexClient
 from recs.serving.app import create_app
 from recs.serving.read_path import ReadPath
@@ -66,7 +67,7 @@ def test_cold_start_order_and_phase_one(store, index_client, serve_settings):
     assert rp.recommend("ghost", 5).items == ["item-1", "item-2"]
     store.put_recs([RecsList("ghost", ("item-5",), "v1", 5)])
     assert rp.recommend("ghost", 5).source == "offline"
-    phase1 = ReadPath(store, None, serve_settings.model_copy(update={"phase": 1}))
+    phase1 = ReadPath(store, None, override(serve_settings, {"phase": 1}))
     assert phase1.recommend("ghost", 5).items == ["item-5"]         # no index call in phase 1
 
 
@@ -78,7 +79,7 @@ def test_index_down_is_a_counted_fallback_and_lists_are_withheld(store, index_se
     put_user(store, "u4", x[0])
     store.put_recs([RecsList("u4", ("item-1",), "v1", 5)])
     store.put_trending(RecsList("", ("item-2",), "v1", 5))
-    dead = GrpcIndexClient(index_settings.model_copy(update={"client_retries": 0,
+    dead = GrpcIndexClient(override(index_settings, {"client_retries": 0,
                                                              "client_deadline_ms": 200}),
                            [["127.0.0.1:1"]])
     before = counter("recs_serve_fallbacks_total", reason="index_unavailable")

@@ -11,11 +11,12 @@ import os
 import pytest
 
 from conf import load_settings
+from conf.settings import override
 
 
 @pytest.fixture
 def kv_settings():
-    return load_settings().kv.model_copy(update={"key_prefix": "t:", "user_ttl_s": 3600})
+    return override(load_settings().kv, {"key_prefix": "t:", "user_ttl_s": 3600})
 
 
 @pytest.fixture
@@ -23,4 +24,4 @@ def aerospike_settings():
     hosts = os.environ.get("AEROSPIKE_HOSTS")
     if not hosts:
         pytest.skip("Aerospike tests need a server: set AEROSPIKE_HOSTS=host:3000 (none installable here)")
-    return load_settings().aerospike.model_copy(update={"hosts": hosts.split(",")})
+    return override(load_settings().aerospike, {"hosts": hosts.split(",")})

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from conf.settings import override
 from recs.stores.base import EmbeddingStore, ItemVector, RecsList, UserRecord
 from recs.stores.redis_store import RedisStore
 
@@ -17,7 +18,7 @@ def make_store(request, redis_settings, kv_settings):
     made: list[EmbeddingStore] = []
 
     def make(**kv_over) -> EmbeddingStore:
-        kv = kv_settings.model_copy(update=kv_over)
+        kv = override(kv_settings, kv_over)
         if request.param == "redis":
             store = RedisStore(redis_settings, kv)
             store.client.flushdb()
@@ -115,7 +116,7 @@ def test_empty_batches_cost_nothing(make_store):
 
 
 def test_user_records_expire(redis_settings, kv_settings):
-    store = RedisStore(redis_settings, kv_settings.model_copy(update={"user_ttl_s": 30}))
+    store = RedisStore(redis_settings, override(kv_settings, {"user_ttl_s": 30}))
     store.put_users([user("ttl", 1)])
     store.put_items([ItemVector("ttl", vec(0), "v1", 1)])
     assert 0 < store.client.ttl(store.key("user", "ttl")) <= 30
