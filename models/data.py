@@ -3,7 +3,7 @@
     ds = load_dataset(Path("data/movielens"))        # catalogue + per-user click sequences
     split = leave_last_out(ds)                        # train / validation / test, per user
 
-The catalogue is the current state of every listing (last row per item_id, recs/data/schema.py);
+The catalogue is the current state of every listing (last row per item_id, recs/local/data/schema.py);
 items get dense indices 0..I-1 in catalogue order, and a user's sequence is the list of those
 indices in event-time order (ties kept in file order). Clicks on item ids missing from the
 listings are dropped and counted, never invented.
