@@ -9,7 +9,6 @@ as result code 27 (FILTERED_OUT) and is reported as False. Reads and writes are 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,10 +22,14 @@ from recs.stores.base import (
     ItemVector,
     RecsList,
     UserRecord,
-    decode_vector,
     decoded,
-    encode_vector,
+    item_fields,
+    item_vector,
+    list_fields,
     record_key,
+    recs_list,
+    user_fields,
+    user_record,
 )
 
 FILTERED_OUT = 27
@@ -92,67 +95,48 @@ class AerospikeStore:
         out: list[UserRecord | None] = []
         for uid, b in zip(user_ids, self._read([self._key(KIND_USER, u) for u in user_ids]), strict=True):
             out.append(None if not b or "emb" not in b else
-                       decoded(record_key(self.kv.key_prefix, KIND_USER, uid), self._user, uid, b))
+                       decoded(record_key(self.kv.key_prefix, KIND_USER, uid), user_record, uid, b))
         return out
-
-    @staticmethod
-    def _user(uid: str, b: dict[str, Any]) -> UserRecord:
-        return UserRecord(user_id=uid, embedding=decode_vector(b["emb"], b["dtype"]),
-                          model_version=b["model_version"], event_ts=int(b["event_ts"]),
-                          last_n=tuple(json.loads(b.get("last_n", "[]"))),
-                          updated_ts=int(b.get("updated_ts", 0)))
 
     def put_users(self, records: Sequence[UserRecord]) -> list[bool]:
         now, dt = int(time.time() * 1000), self.kv.embedding_dtype
-        return self._write([
-            (self._key(KIND_USER, r.user_id), r.event_ts, self.kv.user_ttl_s,
-             {"emb": bytearray(encode_vector(r.embedding, dt)), "dtype": dt,
-              "model_version": r.model_version, "last_n": json.dumps(list(r.last_n)),
-              "updated_ts": r.updated_ts or now}) for r in records])
+        return self._write([(self._key(KIND_USER, r.user_id), r.event_ts, self.kv.user_ttl_s,
+                             _blob(user_fields(r, dt, now))) for r in records])
 
     def get_items(self, item_ids: Sequence[str]) -> list[ItemVector | None]:
-        out: list[ItemVector | None] = []
-        for iid, b in zip(item_ids, self._read([self._key(KIND_ITEM, i) for i in item_ids]), strict=True):
-            out.append(None if not b else ItemVector(
-                item_id=iid, embedding=decode_vector(b["emb"], b["dtype"]) if b.get("emb") else None,
-                model_version=b["model_version"], event_ts=int(b["event_ts"]), status=b["status"],
-                category=b.get("category")))
-        return out
+        rows = self._read([self._key(KIND_ITEM, i) for i in item_ids])
+        return [item_vector(iid, b) if b else None for iid, b in zip(item_ids, rows, strict=True)]
 
     def put_items(self, records: Sequence[ItemVector]) -> list[bool]:
         dt = self.kv.embedding_dtype
-        return self._write([
-            (self._key(KIND_ITEM, r.item_id), r.event_ts, 0,
-             {"emb": None if r.embedding is None else bytearray(encode_vector(r.embedding, dt)),
-              "dtype": dt, "model_version": r.model_version, "status": r.status,
-              "category": r.category}) for r in records])
+        return self._write([(self._key(KIND_ITEM, r.item_id), r.event_ts, 0, _blob(item_fields(r, dt)))
+                            for r in records])
 
     def _list(self, key: str, b: dict[str, Any] | None) -> RecsList | None:
         if not b:
             return None
         where = record_key(self.kv.key_prefix, TRENDING if key == "" else KIND_RECS, key)
-        return decoded(where, lambda: RecsList(
-            key=key, items=tuple(json.loads(b["items"])), scores=tuple(json.loads(b.get("scores", "[]"))),
-            model_version=b["model_version"], event_ts=int(b["event_ts"])))
-
-    @staticmethod
-    def _bins(r: RecsList) -> dict[str, Any]:
-        return {"items": json.dumps(list(r.items)), "scores": json.dumps(list(r.scores)),
-                "model_version": r.model_version}
+        return decoded(where, recs_list, key, b)
 
     def get_recs(self, user_ids: Sequence[str]) -> list[RecsList | None]:
         rows = self._read([self._key(KIND_RECS, u) for u in user_ids])
         return [self._list(u, b) for u, b in zip(user_ids, rows, strict=True)]
 
     def put_recs(self, records: Sequence[RecsList]) -> list[bool]:
-        return self._write([(self._key(KIND_RECS, r.key), r.event_ts, self.kv.user_ttl_s, self._bins(r))
+        return self._write([(self._key(KIND_RECS, r.key), r.event_ts, self.kv.user_ttl_s, list_fields(r))
                             for r in records])
 
     def get_trending(self) -> RecsList | None:
         return self._list("", self._read([self._key(TRENDING, "")])[0])
 
     def put_trending(self, record: RecsList) -> bool:
-        return self._write([(self._key(TRENDING, ""), record.event_ts, 0, self._bins(record))])[0]
+        return self._write([(self._key(TRENDING, ""), record.event_ts, 0, list_fields(record))])[0]
 
     def close(self) -> None:
         self.client.close()
+
+
+def _blob(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields with the embedding as a bytearray, the type this store has always written it as."""
+    emb = fields.get("emb")
+    return fields if emb is None else {**fields, "emb": bytearray(emb)}

@@ -20,7 +20,8 @@ float32 numpy arrays.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -112,3 +113,38 @@ def decode_vector(raw: bytes, dtype: str) -> np.ndarray:
 def record_key(prefix: str, kind: str, ident: str) -> str:
     """``{prefix}user:{id}``, ``{prefix}item:{id}``, ``{prefix}recs:{id}``, ``{prefix}trending``."""
     return f"{prefix}{TRENDING}" if kind == TRENDING else f"{prefix}{kind}:{ident}"
+
+
+# The fields of each record, as both stores write them (Redis hash fields, Aerospike bins): text
+# values as str, the embedding as bytes; ``None`` = no field. ``event_ts`` is written by the
+# store's event-time rule. A store converts its own representation at its edge.
+def user_fields(r: UserRecord, dtype: str, now_ms: int) -> dict[str, Any]:
+    return {"emb": encode_vector(r.embedding, dtype), "dtype": dtype, "model_version": r.model_version,
+            "last_n": json.dumps(list(r.last_n)), "updated_ts": r.updated_ts or now_ms}
+
+
+def item_fields(r: ItemVector, dtype: str) -> dict[str, Any]:
+    return {"emb": None if r.embedding is None else encode_vector(r.embedding, dtype), "dtype": dtype,
+            "model_version": r.model_version, "status": r.status, "category": r.category}
+
+
+def list_fields(r: RecsList) -> dict[str, Any]:
+    return {"items": json.dumps(list(r.items)), "scores": json.dumps(list(r.scores)),
+            "model_version": r.model_version}
+
+
+def user_record(uid: str, f: Mapping[str, Any]) -> UserRecord:
+    return UserRecord(user_id=uid, embedding=decode_vector(f["emb"], f["dtype"]),
+                      model_version=f["model_version"], event_ts=int(f["event_ts"]),
+                      last_n=tuple(json.loads(f.get("last_n", "[]"))), updated_ts=int(f.get("updated_ts", 0)))
+
+
+def item_vector(iid: str, f: Mapping[str, Any]) -> ItemVector:
+    return ItemVector(item_id=iid, embedding=decode_vector(f["emb"], f["dtype"]) if f.get("emb") else None,
+                      model_version=f["model_version"], event_ts=int(f["event_ts"]), status=f["status"],
+                      category=f.get("category") or None)
+
+
+def recs_list(key: str, f: Mapping[str, Any]) -> RecsList:
+    return RecsList(key=key, items=tuple(json.loads(f["items"])), scores=tuple(json.loads(f.get("scores", "[]"))),
+                    model_version=f["model_version"], event_ts=int(f["event_ts"]))

@@ -7,7 +7,6 @@ Batches are pipelined: one round trip for a ``get_*``/``put_*`` call of any size
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,10 +22,14 @@ from recs.stores.base import (
     ItemVector,
     RecsList,
     UserRecord,
-    decode_vector,
     decoded,
-    encode_vector,
+    item_fields,
+    item_vector,
+    list_fields,
     record_key,
+    recs_list,
+    user_fields,
+    user_record,
 )
 
 # KEYS[1] = record key; ARGV[1] = event_ts; ARGV[2] = ttl seconds (0 = none); ARGV[3..] = field, value
@@ -80,67 +83,33 @@ class RedisStore:
             self._put(keys=[key], args=args, client=pipe)
         return [bool(r) for r in pipe.execute()]
 
-    # ----------------------------------------------------------------------------------- users
+    # ------------------------------------------------------------------------------ records
     def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:
         out: list[UserRecord | None] = []
         for uid, h in zip(user_ids, self._get([self.key(KIND_USER, u) for u in user_ids]), strict=True):
-            if not h or b"emb" not in h:
-                out.append(None)
-                continue
-            out.append(decoded(self.key(KIND_USER, uid), self._user, uid, h))
+            out.append(None if not h or b"emb" not in h else
+                       decoded(self.key(KIND_USER, uid), _user, uid, h))
         return out
-
-    @staticmethod
-    def _user(uid: str, h: dict[bytes, bytes]) -> UserRecord:
-        return UserRecord(user_id=uid, embedding=decode_vector(h[b"emb"], h[b"dtype"].decode()),
-                          model_version=h[b"model_version"].decode(), event_ts=int(h[b"event_ts"]),
-                          last_n=tuple(json.loads(h.get(b"last_n", b"[]"))),
-                          updated_ts=int(h.get(b"updated_ts", 0)))
 
     def put_users(self, records: Sequence[UserRecord]) -> list[bool]:
-        now = int(time.time() * 1000)
-        dt = self.kv.embedding_dtype
-        return self._write([
-            (self.key(KIND_USER, r.user_id), r.event_ts, self.kv.user_ttl_s,
-             {"emb": encode_vector(r.embedding, dt), "dtype": dt, "model_version": r.model_version,
-              "last_n": json.dumps(list(r.last_n)), "updated_ts": r.updated_ts or now})
-            for r in records])
+        now, dt = int(time.time() * 1000), self.kv.embedding_dtype
+        return self._write([(self.key(KIND_USER, r.user_id), r.event_ts, self.kv.user_ttl_s,
+                             user_fields(r, dt, now)) for r in records])
 
-    # ----------------------------------------------------------------------------------- items
     def get_items(self, item_ids: Sequence[str]) -> list[ItemVector | None]:
-        out: list[ItemVector | None] = []
-        for iid, h in zip(item_ids, self._get([self.key(KIND_ITEM, i) for i in item_ids]), strict=True):
-            if not h:
-                out.append(None)
-                continue
-            emb = decode_vector(h[b"emb"], h[b"dtype"].decode()) if b"emb" in h else None
-            cat = h.get(b"category")
-            out.append(ItemVector(item_id=iid, embedding=emb, model_version=h[b"model_version"].decode(),
-                                  event_ts=int(h[b"event_ts"]), status=h[b"status"].decode(),
-                                  category=cat.decode() if cat else None))
-        return out
+        rows = self._get([self.key(KIND_ITEM, i) for i in item_ids])
+        return [item_vector(iid, _text(h)) if h else None for iid, h in zip(item_ids, rows, strict=True)]
 
     def put_items(self, records: Sequence[ItemVector]) -> list[bool]:
         dt = self.kv.embedding_dtype
-        return self._write([
-            (self.key(KIND_ITEM, r.item_id), r.event_ts, 0,
-             {"emb": None if r.embedding is None else encode_vector(r.embedding, dt), "dtype": dt,
-              "model_version": r.model_version, "status": r.status, "category": r.category})
-            for r in records])
+        return self._write([(self.key(KIND_ITEM, r.item_id), r.event_ts, 0, item_fields(r, dt))
+                            for r in records])
 
-    # ------------------------------------------------------------------------- lists (recs, trending)
     def _list(self, key: str, h: dict[bytes, bytes]) -> RecsList | None:
         if not h:
             return None
         where = self.key(TRENDING, "") if key == "" else self.key(KIND_RECS, key)
-        return decoded(where, lambda: RecsList(
-            key=key, items=tuple(json.loads(h[b"items"])), scores=tuple(json.loads(h.get(b"scores", b"[]"))),
-            model_version=h[b"model_version"].decode(), event_ts=int(h[b"event_ts"])))
-
-    @staticmethod
-    def _list_fields(r: RecsList) -> dict[str, Any]:
-        return {"items": json.dumps(list(r.items)), "scores": json.dumps(list(r.scores)),
-                "model_version": r.model_version}
+        return decoded(where, _recs, key, h)
 
     def get_recs(self, user_ids: Sequence[str]) -> list[RecsList | None]:
         rows = self._get([self.key(KIND_RECS, u) for u in user_ids])
@@ -148,13 +117,26 @@ class RedisStore:
 
     def put_recs(self, records: Sequence[RecsList]) -> list[bool]:
         return self._write([(self.key(KIND_RECS, r.key), r.event_ts, self.kv.user_ttl_s,
-                             self._list_fields(r)) for r in records])
+                             list_fields(r)) for r in records])
 
     def get_trending(self) -> RecsList | None:
         return self._list("", self._get([self.key(TRENDING, "")])[0])
 
     def put_trending(self, record: RecsList) -> bool:
-        return self._write([(self.key(TRENDING, ""), record.event_ts, 0, self._list_fields(record))])[0]
+        return self._write([(self.key(TRENDING, ""), record.event_ts, 0, list_fields(record))])[0]
 
     def close(self) -> None:
         self.client.close()
+
+
+def _text(h: dict[bytes, bytes]) -> dict[str, Any]:
+    """A Redis hash in the shared field layout: names and text decoded, the embedding kept as bytes."""
+    return {k.decode(): v if k == b"emb" else v.decode() for k, v in h.items()}
+
+
+def _user(uid: str, h: dict[bytes, bytes]) -> UserRecord:
+    return user_record(uid, _text(h))
+
+
+def _recs(key: str, h: dict[bytes, bytes]) -> RecsList:
+    return recs_list(key, _text(h))
