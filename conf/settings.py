@@ -97,16 +97,6 @@ class KafkaSettings(_Section):
         return props
 
 
-def split_hostport(address: str, default_port: int | None = None) -> tuple[str, int]:
-    """``"host:port"`` (``"[::1]:9092"`` for IPv6) -> (host, port); ``"host"`` -> default_port."""
-    host, sep, port = address.rpartition(":")
-    if not sep or "]" in port:
-        if default_port is None:
-            raise ValueError(f"address {address!r} has no port")
-        return address.strip("[]"), default_port
-    return host.strip("[]"), int(port)
-
-
 class RedisSettings(_Section):
     host: str
     port: int = Field(gt=0, lt=65536)

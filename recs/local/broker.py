@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conf.settings import KafkaSettings, Settings, split_hostport
+from conf.addresses import split_hostport
+from conf.settings import KafkaSettings, Settings
 from recs.local.processes import (
     OneProcess,
     StackError,

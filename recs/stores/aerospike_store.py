@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from conf.settings import AerospikeSettings, KVSettings, split_hostport
+from conf.addresses import split_hostport
+from conf.settings import AerospikeSettings, KVSettings
 from recs.stores.base import (
     KIND_ITEM,
     KIND_RECS,

@@ -3,7 +3,8 @@ import os
 import pydantic
 import pytest
 
-from conf.settings import PROJECT_ROOT, Settings, load_settings, override, split_hostport, to_env, with_overrides
+from conf.addresses import split_hostport
+from conf.settings import PROJECT_ROOT, Settings, load_settings, override, to_env, with_overrides
 
 
 def test_defaults_are_the_embedded_stack_on_loopback():
