@@ -45,76 +45,78 @@ def _default_data() -> Path:
     return load_settings().data.data_dir / "movielens"
 
 
+def train_cmd(
+    data: Path = typer.Option(None, help="Folder with clicks.parquet + listings.parquet "
+                                         "(default: <data_dir>/movielens)."),
+    config: Path = typer.Option(None, exists=True, dir_okay=False,
+                                help="TOML file with a \\[model] table overriding the defaults."),
+    seed: int = typer.Option(None, help="Override the model seed setting."),
+    out: Path = typer.Option(None, help="Checkpoint file (default: <checkpoint_dir>/model.pt)."),
+) -> None:
+    """Train the two-tower model (next-click, in-batch softmax + logQ, early stopping on
+    validation Recall@10) and write a checkpoint that carries its config."""
+    from models.data import leave_last_out, load_dataset
+    from models.train import train
+
+    cfg = model_settings(config, seed=seed)
+    ds = load_dataset(data or _default_data())
+    path = out or cfg.checkpoint_dir / "model.pt"
+    t = train(ds, leave_last_out(ds), cfg, checkpoint=path)
+    typer.echo(f"best epoch {t.best_epoch}: validation recall@10 {t.best_val:.4f}, "
+               f"{t.seconds:.0f} s; checkpoint {path}")
+
+def eval_cmd(
+    data: Path = typer.Option(None, help="Same data folder the model was trained on."),
+    checkpoint: Path = typer.Option(None, help="(default: <checkpoint_dir>/model.pt)."),
+    out: Path = typer.Option(None, help="Write the metrics as JSON here."),
+) -> None:
+    """Full-catalogue leave-last-out evaluation of a checkpoint against popularity, item-kNN
+    and MF baselines (validation and test splits). For the 3-seed report with the new-item
+    and synthetic checks, run bench/model_quality.py."""
+    from models.data import leave_last_out, load_dataset
+    from models.quality import compare, dump, format_table
+    from models.train import load_checkpoint
+
+    cfg = load_settings().model
+    t = load_checkpoint(checkpoint or cfg.checkpoint_dir / "model.pt")
+    ds = load_dataset(data or _default_data())
+    if t.data.get("fingerprint") not in (None, ds.summary()["fingerprint"]):
+        log.warning("checkpoint was trained on other data (%s)", t.data)
+    res = compare(ds, leave_last_out(ds), t, seed=t.settings.seed)
+    typer.echo(format_table({k: v["test"] for k, v in res.items()}, "test split"))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(dump({"dataset": ds.summary(), "models": res}))
+        typer.echo(f"written {out}")
+
+def export_cmd(
+    checkpoint: Path = typer.Option(None, help="(default: <checkpoint_dir>/model.pt)."),
+    out: Path = typer.Option(None, help="Artifact folder (default: the artifact_dir setting)."),
+    eval_json: Path = typer.Option(None, "--eval", exists=True, dir_okay=False,
+                                   help="JSON from `recs eval --out` or bench/model_quality.py "
+                                        "to record in metadata.json."),
+) -> None:
+    """Export both towers to ONNX with the tokenizer and metadata.json, then load the result
+    back through the checking loader."""
+    import json
+
+    from models.artifact import load_artifact
+    from models.export import export
+    from models.train import load_checkpoint
+
+    settings = load_settings()
+    cfg = settings.model
+    t = load_checkpoint(checkpoint or cfg.checkpoint_dir / "model.pt")
+    evaluation = json.loads(eval_json.read_text()) if eval_json else None
+    if evaluation is None:
+        evaluation = {"validation_recall@10": t.best_val, "note": "validation only; pass --eval"}
+    meta = export(t, out or cfg.artifact_dir, evaluation)
+    art = load_artifact(out or cfg.artifact_dir, expect_version=meta["model_version"],
+                        threads=settings.threads.batch)
+    typer.echo(f"exported {art.model_version} (d={art.dim}, N={art.max_len}) to {art.path}")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("train")
-    def train_cmd(
-        data: Path = typer.Option(None, help="Folder with clicks.parquet + listings.parquet "
-                                             "(default: <data_dir>/movielens)."),
-        config: Path = typer.Option(None, exists=True, dir_okay=False,
-                                    help="TOML file with a \\[model] table overriding the defaults."),
-        seed: int = typer.Option(None, help="Override the model seed setting."),
-        out: Path = typer.Option(None, help="Checkpoint file (default: <checkpoint_dir>/model.pt)."),
-    ) -> None:
-        """Train the two-tower model (next-click, in-batch softmax + logQ, early stopping on
-        validation Recall@10) and write a checkpoint that carries its config."""
-        from models.data import leave_last_out, load_dataset
-        from models.train import train
-
-        cfg = model_settings(config, seed=seed)
-        ds = load_dataset(data or _default_data())
-        path = out or cfg.checkpoint_dir / "model.pt"
-        t = train(ds, leave_last_out(ds), cfg, checkpoint=path)
-        typer.echo(f"best epoch {t.best_epoch}: validation recall@10 {t.best_val:.4f}, "
-                   f"{t.seconds:.0f} s; checkpoint {path}")
-
-    @app.command("eval")
-    def eval_cmd(
-        data: Path = typer.Option(None, help="Same data folder the model was trained on."),
-        checkpoint: Path = typer.Option(None, help="(default: <checkpoint_dir>/model.pt)."),
-        out: Path = typer.Option(None, help="Write the metrics as JSON here."),
-    ) -> None:
-        """Full-catalogue leave-last-out evaluation of a checkpoint against popularity, item-kNN
-        and MF baselines (validation and test splits). For the 3-seed report with the new-item
-        and synthetic checks, run bench/model_quality.py."""
-        from models.data import leave_last_out, load_dataset
-        from models.quality import compare, dump, format_table
-        from models.train import load_checkpoint
-
-        cfg = load_settings().model
-        t = load_checkpoint(checkpoint or cfg.checkpoint_dir / "model.pt")
-        ds = load_dataset(data or _default_data())
-        if t.data.get("fingerprint") not in (None, ds.summary()["fingerprint"]):
-            log.warning("checkpoint was trained on other data (%s)", t.data)
-        res = compare(ds, leave_last_out(ds), t, seed=t.settings.seed)
-        typer.echo(format_table({k: v["test"] for k, v in res.items()}, "test split"))
-        if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(dump({"dataset": ds.summary(), "models": res}))
-            typer.echo(f"written {out}")
-
-    @app.command("export")
-    def export_cmd(
-        checkpoint: Path = typer.Option(None, help="(default: <checkpoint_dir>/model.pt)."),
-        out: Path = typer.Option(None, help="Artifact folder (default: the artifact_dir setting)."),
-        eval_json: Path = typer.Option(None, "--eval", exists=True, dir_okay=False,
-                                       help="JSON from `recs eval --out` or bench/model_quality.py "
-                                            "to record in metadata.json."),
-    ) -> None:
-        """Export both towers to ONNX with the tokenizer and metadata.json, then load the result
-        back through the checking loader."""
-        import json
-
-        from models.artifact import load_artifact
-        from models.export import export
-        from models.train import load_checkpoint
-
-        settings = load_settings()
-        cfg = settings.model
-        t = load_checkpoint(checkpoint or cfg.checkpoint_dir / "model.pt")
-        evaluation = json.loads(eval_json.read_text()) if eval_json else None
-        if evaluation is None:
-            evaluation = {"validation_recall@10": t.best_val, "note": "validation only; pass --eval"}
-        meta = export(t, out or cfg.artifact_dir, evaluation)
-        art = load_artifact(out or cfg.artifact_dir, expect_version=meta["model_version"],
-                            threads=settings.threads.batch)
-        typer.echo(f"exported {art.model_version} (d={art.dim}, N={art.max_len}) to {art.path}")
+    app.command("train")(train_cmd)
+    app.command("eval")(eval_cmd)
+    app.command("export")(export_cmd)

@@ -139,9 +139,12 @@ def test_restart_strategy_is_bounded_and_visible(stack_settings, submitted, monk
     assert p.flush(10) == 0
 
     wait_for(lambda: flink.job_status(s, job) == "FAILED", 180, "the job to fail after its restarts")
-    # numRestarts comes from the REST metric cache (refreshed every few seconds): wait for it.
-    health = wait_for(lambda: (h := flink.job_health(s, job)).restarts == 2 and h, 30, "numRestarts == 2")
+    # numRestarts comes from the REST metric cache (refreshed every few seconds): wait for it. Since
+    # FLIP-364 the exponential-delay strategy may count failures that arrive together as one attempt,
+    # so the count seen is between 1 and the bound (2 and 1 both seen here), not always the bound.
+    health = wait_for(lambda: (h := flink.job_health(s, job)).restarts >= 1 and h, 30, "numRestarts >= 1")
     assert health.state == "FAILED"
+    assert 1 <= health.restarts <= 2, health
     assert health.last_exception is not None and "ConnectionError" in health.last_exception, health
 
     for key, value in to_env(s).items():  # `recs jobs list` reads its settings from RECS_* variables
@@ -150,5 +153,5 @@ def test_restart_strategy_is_bounded_and_visible(stack_settings, submitted, monk
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith(job))
-    assert "FAILED" in lines[row] and "restarts=2" in lines[row]
+    assert "FAILED" in lines[row] and ("restarts=1" in lines[row] or "restarts=2" in lines[row])
     assert lines[row + 1].strip().startswith("last exception:") and "ConnectionError" in lines[row + 1]
