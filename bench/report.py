@@ -98,9 +98,93 @@ def serve_section(d: dict[str, Any]) -> list[str]:
     return rows
 
 
+def time_split_section(d: dict[str, Any]) -> list[str]:
+    ts = d.get("time_split")
+    if not ts:
+        return []
+    cuts = ts.get("cuts", {})
+    rows = [f"**Model quality, global time split** (`bench/results/model_quality.json` `time_split`): fitted "
+            f"before {cuts.get('val_cut')}, targets after {cuts.get('test_cut')}; {_fmt(ts.get('test_users'))} "
+            f"test users, {_fmt(ts.get('test_pairs'))} targets, seeds {ts.get('seeds')}; 95 % user-bootstrap "
+            "intervals (the difference is paired: two-tower minus the model)", "",
+            "| model | recall@10 | 95 % interval | two-tower minus model | 95 % interval |", "|---|---:|---:|---:|---:|"]
+    for name, b in ts.get("bootstrap", {}).items():
+        ci, dci = b.get("recall@10_ci") or [None, None], b.get("recall@10_diff_ci")
+        diff = "–" if dci is None else f"{b['recall@10_diff']:+.4f}"
+        rows.append(f"| {name} | {b['recall@10']:.4f} | [{ci[0]:.3f}, {ci[1]:.3f}] | {diff} | "
+                    + ("–" if dci is None else f"[{dci[0]:.3f}, {dci[1]:.3f}]") + " |")
+    return rows
+
+
+def filtered_section(d: dict[str, Any]) -> list[str]:
+    f = d.get("filtered_recall")
+    if not f:
+        return []
+    sels = [str(x) for x in f["selectivities"]]
+    rows = [f"**Filtered search** (`bench/ann.py --filtered-only`, `ann.json` `filtered_recall`): "
+            f"{_fmt(f['n'])} × {f['d']}, recall@10 / single-thread QPS by share of rows passing the filter", "",
+            "| distribution | engine | unfiltered | " + " | ".join(f"{float(x):.2%}" for x in sels) + " |",
+            "|---|---|---:|" + "---:|" * len(sels)]
+    for dist, dd in f["distributions"].items():
+        for eng in ("ours", "hnswlib"):
+            r = dd.get(eng)
+            if not r:
+                continue
+            cells = [f"{r[k]['recall@10']:.3f} / {_fmt(r[k]['qps'])}" if k in r else "–" for k in ["unfiltered", *sels]]
+            rows.append(f"| {dist} | {eng} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def stall_section(d: dict[str, Any]) -> list[str]:
+    st = d.get("stall")
+    if not st:
+        return []
+    rows = [f"**Small searches beside long BatchSearches** (`bench/ann.py --stall-only`, `ann.json` `stall`): "
+            f"{_fmt(st['n'])} rows, {st['batch_queries']}-query batches, server/load/client in 3 processes", "",
+            "| setting | small-search p50 / p99 ms | upserts/s meanwhile |", "|---|---:|---:|",
+            f"| idle | {_fmt(st['idle_p50_ms'], 2)} / {_fmt(st['idle_p99_ms'], 2)} | 0 |"]
+    for name, r in st.items():
+        if isinstance(r, dict) and "during_p99_ms" in r:
+            rows.append(f"| {name} | {_fmt(r['during_p50_ms'], 2)} / {_fmt(r['during_p99_ms'], 2)} | "
+                        f"{_fmt(r['upserts_per_s_meanwhile'], 0)} |")
+    return rows
+
+
+def soak_section(d: dict[str, Any]) -> list[str]:
+    t, c = d["totals"], d["config"]
+    lat = t["latency_ms"]
+    rss = t["rss_trend_from_minute_2"]
+    rows = [f"**Soak** (`make bench-soak`, `bench/results/soak.json`): {c['minutes']} minutes of mixed load against "
+            f"real Redis, index server and HTTP backend ({_fmt(c['http_rate'], 0)} HTTP, {_fmt(c['search_rate'], 0)} "
+            f"searches, {_fmt(c['update_rate'], 0)}×8 updates, {_fmt(c['insert_rate'], 0)} inserts, "
+            f"{_fmt(c['delete_rate'], 0)} deletes a second)", "",
+            "| HTTP 5xx | wrong results | failed gRPC calls | HTTP p50 / p99 ms | search p50 / p99 ms | "
+            "RSS growth from minute 2, MiB (index / backend / redis) |", "|---:|---:|---:|---:|---:|---:|",
+            f"| {_fmt(t['http_5xx'])} | {_fmt(t['wrong_results'])} | {_fmt(sum(t['failed_requests'].values()))} | "
+            f"{_fmt(lat['http']['p50'], 1)} / {_fmt(lat['http']['p99'], 1)} | "
+            f"{_fmt(lat['search']['p50'], 1)} / {_fmt(lat['search']['p99'], 1)} | "
+            f"{_fmt(rss['index']['growth_mib'], 1)} / {_fmt(rss['backend']['growth_mib'], 1)} / "
+            f"{_fmt(rss['redis']['growth_mib'], 1)} |"]
+    return rows
+
+
+def ann_all(d: dict[str, Any]) -> list[str]:
+    out = ann_section(d)
+    for fn in (filtered_section, stall_section):
+        part = fn(d)
+        if part:
+            out += [""] + part
+    return out
+
+
+def model_all(d: dict[str, Any]) -> list[str]:
+    part = time_split_section(d)
+    return model_section(d) + ([""] + part if part else [])
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
-    ("data.json", data_section), ("model_quality.json", model_section), ("towers.json", towers_section),
-    ("ann.json", ann_section), ("serve.json", serve_section),
+    ("data.json", data_section), ("model_quality.json", model_all), ("towers.json", towers_section),
+    ("ann.json", ann_all), ("serve.json", serve_section), ("soak.json", soak_section),
 ]
 
 
