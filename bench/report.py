@@ -107,7 +107,8 @@ def time_split_section(d: dict[str, Any]) -> list[str]:
             f"before {cuts.get('val_cut')}, targets after {cuts.get('test_cut')}; {_fmt(ts.get('test_users'))} "
             f"test users, {_fmt(ts.get('test_pairs'))} targets, seeds {ts.get('seeds')}; 95 % user-bootstrap "
             "intervals (the difference is paired: two-tower minus the model)", "",
-            "| model | recall@10 | 95 % interval | two-tower minus model | 95 % interval |", "|---|---:|---:|---:|---:|"]
+            "| model | recall@10 | 95 % interval | two-tower minus model | 95 % interval |",
+            "|---|---:|---:|---:|---:|"]
     for name, b in ts.get("bootstrap", {}).items():
         ci, dci = b.get("recall@10_ci") or [None, None], b.get("recall@10_diff_ci")
         diff = "–" if dci is None else f"{b['recall@10_diff']:+.4f}"

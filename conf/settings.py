@@ -213,6 +213,7 @@ class IndexSettings(_Section):
     dim: int = Field(ge=2)
     device: Literal["auto", "cpu", "gpu"]
     omp_threads: int = Field(ge=1)
+    malloc_arenas: int = Field(ge=0)
     hnsw_m: int = Field(ge=4)
     hnsw_storage: Literal["flat", "fp16"]
     hnsw_reorder: bool

@@ -44,9 +44,11 @@ def index_serve(
     from index import snapshot
     from index.ann import ItemIndex
     from index.feeder import Feeder
+    from index.heap import cap_arenas
     from index.server import IndexServer
 
     settings = _settings(kind=kind, port=port, replica_id=replica_id)
+    cap_arenas(settings.index.malloc_arenas)   # before any thread starts: see index/heap.py
     # FAISS OpenMP threads of this process role ([threads] index_service), set at start
     faiss_threads = settings.threads.index_service.faiss_omp
     faiss.omp_set_num_threads(faiss_threads)

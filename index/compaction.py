@@ -5,8 +5,6 @@ meanwhile, and swap the new state in under the write lock (one pointer assignmen
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -14,35 +12,11 @@ import time
 import numpy as np
 
 from index.apply import Apply
+from index.heap import release_free_heap
 from index.state import State
 
 log = logging.getLogger("index.ann")
 
-
-def _libc_malloc_trim() -> object | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-_MALLOC_TRIM = _libc_malloc_trim()   # glibc only; None elsewhere (musl, macOS)
-
-
-def release_free_heap() -> float:
-    """Hand the heap a rebuild freed back to the OS; returns the seconds it took (0 without glibc).
-
-    A rebuild allocates a whole second index in the compaction thread and frees the old one at the
-    swap. glibc keeps such freed pages in the thread's arena, so without this the server's RSS
-    climbed ~4 MB a minute in the 20-minute soak (bench/soak.py) while the live data stayed the
-    same size; with it, RSS stays flat. No index lock is held while it runs.
-    """
-    if _MALLOC_TRIM is None:
-        return 0.0
-    t0 = time.perf_counter()
-    _MALLOC_TRIM(0)  # type: ignore[operator]
-    return time.perf_counter() - t0
 
 
 class Compaction(Apply):
