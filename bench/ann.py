@@ -48,6 +48,7 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
+import os
 import platform
 import threading
 import time
@@ -442,8 +443,9 @@ def filtered_part(args, cfg) -> dict[str, Any]:
         "selectivities": SELECTIVITIES,
         "served": {"filter_exact_rows": cfg.filter_exact_rows, "filter_widen": cfg.filter_widen,
                    "filter_boost": cfg.filter_boost, "filter_seeds": cfg.filter_seeds},
-        "qps_note": ("single-thread QPS, one query per call, best of interleaved rounds; other helpers "
-                     "used the same 2 cores during the run, so QPS moves between runs; recall does not"),
+        "qps_note": ("single-thread QPS, one query per call, best of interleaved rounds; QPS moves with "
+                     "the load of the machine (see load_average_at_start); recall does not"),
+        "load_average_at_start": list(os.getloadavg()),
         "distributions": {},
     }
     try:
@@ -636,7 +638,8 @@ def stall_part(args, cfg) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n, "d": d, "small_search_k": 90, "batch_queries": 128,
                            "upsert_batch": 64, "seconds_each": args.stall_s,
                            "note": "server, load (batches + upserts) and the timed client in three "
-                                   "processes; other helpers used the same 2 cores"}
+                                   "processes sharing the machine's cores",
+                           "load_average_at_start": list(os.getloadavg())}
 
     def small(seconds: float) -> list[float]:
         lat: list[float] = []
