@@ -96,11 +96,20 @@ def _cause(stacktrace: str) -> str | None:
 
 
 def job_health(settings: Settings, job_id: str) -> JobHealth:
-    """State, restart count (job metric ``numRestarts``) and last exception (``/exceptions``)."""
+    """State, restart count and last exception (``/exceptions``).
+
+    The restart count is the larger of the job metric ``numRestarts`` and the highest execution
+    attempt of any subtask. The metric alone is not enough: the REST metric store is refreshed every
+    few seconds and forgets a job once it ends, so a job that restarts and fails between two
+    refreshes would show 0. Attempt numbers live in the archived execution graph and survive."""
     job = _rest(settings, f"/jobs/{job_id}")
     restarts = 0
     for m in _rest(settings, f"/jobs/{job_id}/metrics?get=numRestarts") or []:
         restarts = int(float(m["value"]))
+    for v in job.get("vertices") or []:
+        detail = _rest(settings, f"/jobs/{job_id}/vertices/{v['id']}") or {}
+        for sub in detail.get("subtasks") or []:
+            restarts = max(restarts, int(sub.get("attempt", 0)))
     history = (_rest(settings, f"/jobs/{job_id}/exceptions") or {}).get("exceptionHistory") or {}
     entries = history.get("entries") or []
     last, at = None, None
