@@ -1,7 +1,8 @@
 """The HTTP backend (``recs serve``): FastAPI over the read path.
 
     GET /recommendations/{user_id}?k=20  -> {"user_id", "source": "nrt"|"offline"|"trending",
-                                             "model_version", "items": [{"item_id", "score"}], ...}
+                                             "model_version", "items": [{"item_id", "score"}],
+                                             "fallbacks", "as_of_event_ts": ms | null}
     GET /healthz                         -> 200 when the KV store and the index answer
     GET /metrics                         -> Prometheus text (read path + index client metrics)
     GET /docs, /openapi.json             -> only when serve.docs is true (404 otherwise)

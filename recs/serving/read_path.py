@@ -2,7 +2,8 @@
 ``recs recommend USER`` both call.
 
     rp = ReadPath(store, index_client, settings.serve)
-    rp.recommend("u42", k=20)   # -> Recommendation(items, scores, source, model_version, reasons)
+    rp.recommend("u42", k=20)   # -> Recommendation(items, scores, source, model_version, reasons,
+                                #                   as_of_event_ts)
 
 Phases 2 and 3 (settings ``serve.phase``):
     KV get user:{id} ─► index Search(emb, k * overfetch + extra, model_version = the user's)
@@ -10,6 +11,9 @@ Phases 2 and 3 (settings ``serve.phase``):
     no user embedding, or a fallback ─► precomputed recs:{id}                     source "offline"
     nothing precomputed ─► trending                                                source "trending"
 Phase 1: precomputed list, else trending; no index call at all (lists are a day old by design).
+
+``as_of_event_ts`` says which click an answer reflects: the user record's ``event_ts`` (the newest
+click in its embedding) when the source is "nrt", else None. ``recs probe freshness`` waits for it.
 
 Rules
 - Invariant 1: the search carries the user's model_version; an index of another version refuses it
@@ -68,13 +72,14 @@ class Recommendation:
     source: Source
     model_version: str
     fallbacks: list[str] = field(default_factory=list)
+    as_of_event_ts: int | None = None   # the user record's event_ts (ms) when source is "nrt"
 
     def as_dict(self) -> dict[str, object]:
         scores: list[float | None] = [round(v, 6) for v in self.scores] if self.scores is not None \
             else [None] * len(self.items)
         return {"user_id": self.user_id, "source": self.source, "model_version": self.model_version,
                 "items": [{"item_id": i, "score": v} for i, v in zip(self.items, scores, strict=True)],
-                "fallbacks": self.fallbacks}
+                "fallbacks": self.fallbacks, "as_of_event_ts": self.as_of_event_ts}
 
 
 class ReadPath:
@@ -161,7 +166,7 @@ class ReadPath:
             return None
         keep = keep[:k]
         return Recommendation(user.user_id, [i for i, _ in keep], [s for _, s in keep], "nrt",
-                              user.model_version, fallbacks)
+                              user.model_version, fallbacks, as_of_event_ts=user.event_ts)
 
     def _store_read(self, what: str, read: Callable[[], T | None], user_id: str,
                     fallbacks: list[str]) -> tuple[bool, T | None]:

@@ -96,6 +96,20 @@ def test_index_down_is_a_counted_fallback_and_lists_are_withheld(store, index_se
     assert r.status_code == 200 and r.json()["fallbacks"][0] == "index_unavailable"
 
 
+def test_answer_says_which_click_it_reflects(store, index_client, serve_settings, catalogue):
+    """as_of_event_ts: the user record's event_ts on the nrt path (library and JSON), null otherwise."""
+    ids, x = catalogue
+    assert store.put_users([UserRecord("u6", x[30], "v1", 1_790_812_800_123, ("item-3",))]) == [True]
+    store.put_trending(RecsList("", ("item-1",), "v1", 5))
+    rp = ReadPath(store, index_client, serve_settings)
+    assert rp.recommend("u6", 3).as_of_event_ts == 1_790_812_800_123
+    assert rp.recommend("nobody", 3).as_of_event_ts is None
+    app = TestClient(create_app(rp))
+    assert app.get("/recommendations/u6", params={"k": 3}).json()["as_of_event_ts"] == 1_790_812_800_123
+    cold = app.get("/recommendations/nobody", params={"k": 3}).json()
+    assert cold["source"] == "trending" and cold["as_of_event_ts"] is None
+
+
 def test_http_api(store, index_client, serve_settings, catalogue):
     ids, x = catalogue
     put_user(store, "u5", x[20])
