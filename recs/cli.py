@@ -38,6 +38,7 @@ _COMMAND_MODULES = (
     "recs.commands.contracts",
     "recs.commands.jobs",
     "recs.commands.serving",   # serve, recommend
+    "recs.commands.probe",     # probe freshness
     "models.cli",              # train, eval, export
     "index.cli",               # index serve, index stats
 )
