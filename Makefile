@@ -15,7 +15,7 @@ CONNECTOR_PKG := shigawire-apache-flink-libraries==2.0.0.post1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup java up down status demo test test-unit test-integration lint typecheck \
-        bench-model bench-serving bench-data bench-soak constraints clean distclean
+        bench-model bench-serving bench-data bench-soak bench-stream constraints clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -86,6 +86,10 @@ bench-serving: setup ## ANN recall/QPS vs peers and the read path under load -> 
 
 bench-soak: setup ## steady mixed load against real Redis + index server + HTTP backend (20 min) -> bench/results/soak.json
 	$(PY) bench/soak.py
+
+bench-stream: setup java ## Flink user-embedding job vs a plain Python consumer: click->KV latency by rate -> bench/results/stream.json
+	$(PY) bench/stream.py
+	$(PY) bench/report.py
 
 constraints: ## re-freeze constraints.txt from the current venv (after changing pyproject.toml)
 	@{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^recstream'; } > constraints.tmp

@@ -169,6 +169,33 @@ def soak_section(d: dict[str, Any]) -> list[str]:
     return rows
 
 
+def stream_section(d: dict[str, Any]) -> list[str]:
+    c, st = d.get("config", {}), d.get("settings", {})
+    best = d.get("max_rate_p99_under_1s", {})
+    systems = [s for s in ("flink", "plain_consumer") if any(s in row for row in d["by_rate"].values())]
+    rows = [f"**Streaming user embeddings, click → KV record** (`make bench-stream`, `bench/results/stream.json`): "
+            f"{c.get('seconds')} s measured per rate after {c.get('warmup_s')} s warm-up; Flink parallelism "
+            f"{st.get('parallelism')}, bundle {st.get('bundle_time_ms')} ms; peer: one process, fetch wait "
+            f"{st.get('peer', {}).get('fetch_wait_ms')} ms; latency = KV write time − ts of each measured user's "
+            "last click; CPU 100 = one core (system + Redis)", "",
+            "| offered/s | system | achieved/s | p50 ms | p99 ms | mean ONNX batch | CPU % |",
+            "|---:|---|---:|---:|---:|---:|---:|"]
+    for rate, row in d["by_rate"].items():
+        for s in systems:
+            r = row.get(s)
+            if r is None:
+                continue
+            if r.get("p99_ms") is None:
+                rows.append(f"| {_fmt(int(rate))} | {s} | failed: {str(r.get('error', ''))[:80]} | | | | |")
+                continue
+            rows.append(f"| {_fmt(int(rate))} | {s} | {_fmt(r['achieved_per_s'], 0)} | {_fmt(r['p50_ms'], 0)} | "
+                        f"{_fmt(r['p99_ms'], 0)} | {_fmt(r.get('mean_batch'), 1)} | {_fmt(r['cpu_percent'], 0)} |")
+    rows += ["", "Highest offered rate with p99 < 1 s: " + ", ".join(f"{s} {_fmt(best.get(s))}/s" for s in systems)
+             + (f"; `recs probe freshness` p99 {_fmt(d['freshness_probe_p99_ms'], 0)} ms"
+                if d.get("freshness_probe_p99_ms") is not None else "")]
+    return rows
+
+
 def ann_all(d: dict[str, Any]) -> list[str]:
     out = ann_section(d)
     for fn in (filtered_section, stall_section):
@@ -186,6 +213,7 @@ def model_all(d: dict[str, Any]) -> list[str]:
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
     ("data.json", data_section), ("model_quality.json", model_all), ("towers.json", towers_section),
     ("ann.json", ann_all), ("serve.json", serve_section), ("soak.json", soak_section),
+    ("stream.json", stream_section),
 ]
 
 
