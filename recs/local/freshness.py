@@ -45,8 +45,6 @@ class ProbeError(RuntimeError):
     """The stack or the job is not there: the message says what to start."""
 
 
-# -- pure parts ---------------------------------------------------------------------------------
-
 def probe_offsets(seconds: float, probes: int) -> list[float]:
     """When each probe is sent, in seconds from the start: one every seconds / probes, mid-slot."""
     step = seconds / probes
@@ -98,12 +96,13 @@ class FreshnessReport:
     background: BackgroundReport | None
     settings: dict[str, Any]
     problems: list[str] = field(default_factory=list)
+    series: list[dict[str, Any]] = field(default_factory=list)   # per probe: at_s (after the first), kv_ms, serve_ms
 
     def as_dict(self) -> dict[str, Any]:
         return {"probes_sent": self.probes_sent, "probes_failed": self.probes_failed, "kv": asdict(self.kv),
                 "serve": asdict(self.serve) if self.serve else None,
                 "background": self.background.as_dict() if self.background else None,
-                "settings": self.settings, "problems": self.problems}
+                "settings": self.settings, "problems": self.problems, "series": self.series}
 
 
 class _Pollers:
@@ -266,9 +265,8 @@ def probe(settings: Settings, rate: float, seconds: float, probes: int, serve_ur
     until every probe is seen or timed out (module docstring). ValueError: bad arguments; ProbeError:
     the stack, the backend or the job is not there."""
     if rate < 0 or seconds <= 0 or probes < 1 or timeout_s <= 0 or poll_ms <= 0 or warmup_s < 0 or pool < 1:
-        raise ValueError(f"need rate >= 0, seconds > 0, probes >= 1, timeout_s > 0, poll_ms > 0, warmup_s >= 0, "
-                         f"pool >= 1; got rate={rate}, seconds={seconds}, probes={probes}, timeout_s={timeout_s}, "
-                         f"poll_ms={poll_ms}, warmup_s={warmup_s}, pool={pool}")
+        raise ValueError(f"need rate >= 0, seconds > 0, probes >= 1, timeout_s, poll_ms > 0, warmup_s >= 0, pool >= 1; "
+                         f"got {rate=}, {seconds=}, {probes=}, {timeout_s=}, {poll_ms=}, {warmup_s=}, {pool=}")
     if not items:
         raise ValueError("no items to click: give item ids that have a vector in the KV store (item:{id})")
     own = None
@@ -348,8 +346,7 @@ def _run(settings: Settings, store: EmbeddingStore, rate: float, seconds: float,
 
 def _mark_failed(p: Probe) -> Any:
     def on_delivery(err: Any, _msg: Any) -> None:
-        if err is not None:
-            p.failed = str(err)
+        p.failed = None if err is None else str(err)
     return on_delivery
 
 
@@ -396,4 +393,7 @@ def _report(pollers: _Pollers, bg: BackgroundReport | None, bg_last_error: str,
         problems.append(f"{pollers.serve_errors} backend polls failed (last: {pollers.last_serve_error})")
     if bg is not None and bg.delivery_errors:
         problems.append(f"{bg.delivery_errors} background clicks not delivered (last: {bg_last_error})")
-    return FreshnessReport(len(ps), len(failed), kv, serve, bg, settings, problems)
+    ms = [None if v is None else round(v * 1000, 2) for p in ps for v in (p.kv_s, p.serve_s)]
+    series = [{"at_s": round(p.sent - ps[0].sent, 3), "kv_ms": ms[2 * i], "serve_ms": ms[2 * i + 1]}
+              for i, p in enumerate(ps)]
+    return FreshnessReport(len(ps), len(failed), kv, serve, bg, settings, problems, series)

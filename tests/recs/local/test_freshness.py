@@ -102,7 +102,7 @@ def test_report_table_and_json_shape():
                         {"poll_ms": 5.0, "timeout_s": 30.0}, [])
     d = r.as_dict()
     assert d["kv"] == {"seen": 10, "timed_out": 0, "p50_ms": 12.5, "p99_ms": 40.0, "max_ms": 41.0}
-    assert d["background"]["achieved_per_s"] == 1000.0 and d["serve"]["timed_out"] == 1
+    assert d["background"]["achieved_per_s"] == 1000.0 and d["serve"]["timed_out"] == 1 and d["series"] == []
     table = format_report(d).splitlines()
     assert table[1].split() == ["click", "->", "KV", "10", "0", "12.5", "40.0", "41.0"]
     assert table[2].split() == ["click", "->", "answer", "9", "1", "15.0", "50.0", "51.0"]
