@@ -491,11 +491,17 @@ def run_step(settings: Settings, system_name: str, rate: int, rnd: int, catalogu
         records = read_records(redis, prefix, list(dict.fromkeys(sched.users)))
         why = system.alive()
         result = summarise_step(sched.users, sent_ms, sched.measured, records, scan_ms)
-        mean_batch = None
+        # Flink's REST metric store refreshes every few seconds and lists a counter only once it has
+        # moved, so the measured-window difference may be missing: then the whole step's ratio.
+        mean_batch, batch_over = None, "measured"
         if batch0 and batch1 and batch1[1] > batch0[1]:
             mean_batch = round((batch1[0] - batch0[0]) / (batch1[1] - batch0[1]), 1)
+        else:
+            final, batch_over = system.batch_counters(), "whole step"
+            if final and final[1]:
+                mean_batch = round(final[0] / final[1], 1)
         result.update(
-            offered_per_s=rate, mean_batch=mean_batch,
+            offered_per_s=rate, mean_batch=mean_batch, mean_batch_over=batch_over,
             cpu_percent=round(cpu["system"] + cpu["redis"], 1),
             cpu_percent_parts={"system": cpu["system"], "redis": cpu["redis"], "producer": cpu["producer"]},
             ready_s=round(ready_s, 1), producer_late_p99_ms=round(float(np.percentile(sent["late_ms"], 99)), 1),
