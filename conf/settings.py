@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,13 +31,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from conf.section import Section
+from conf.streaming import UserEmbeddingSettings
+
 CONF_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = CONF_DIR.parent
 DEFAULTS_FILE = CONF_DIR / "defaults.toml"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+_Section = Section
 
 
 _S = TypeVar("_S", bound=_Section)
@@ -315,6 +317,7 @@ class Settings(BaseSettings):
     serve: ServeSettings
     model: ModelSettings
     threads: ThreadSettings
+    user_embeddings: UserEmbeddingSettings
 
     @model_validator(mode="after")
     def _index_id_limit(self) -> Settings:

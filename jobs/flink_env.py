@@ -19,6 +19,7 @@ from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
+from pyflink.table import StreamTableEnvironment
 
 from conf.settings import FlinkSettings, Settings
 
@@ -63,6 +64,36 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def kafka_options(settings: Settings, topic: str, group_id: str | None = None) -> dict[str, str]:
+    """Options of the Table API Kafka connector for ``topic``, values in the ``raw`` format.
+
+    As a source (``group_id`` given) it resumes from the group's committed offsets, else the earliest
+    (``group-offsets`` + ``auto.offset.reset``); offsets are committed on each checkpoint and kept in
+    it. As a sink it is at-least-once (the producer flushes on each checkpoint)."""
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": settings.kafka.bootstrap_servers,
+        "value.format": "raw",
+        **{f"properties.{k}": v for k, v in settings.kafka.java_properties().items()},
+    }
+    if group_id is not None:
+        options |= {"properties.group.id": group_id, "properties.auto.offset.reset": "earliest",
+                    "scan.startup.mode": "group-offsets", "scan.topic-partition-discovery.interval": "10 s"}
+    else:
+        options["sink.delivery-guarantee"] = "at-least-once"
+    return options
+
+
+def create_kafka_table(t_env: StreamTableEnvironment, name: str, columns: str, options: dict[str, str]) -> str:
+    """``CREATE TEMPORARY TABLE`` with these columns and connector options; returns the table name
+    (it shows in the operator's vertex name)."""
+    table = "".join(c if c.isalnum() else "_" for c in name)
+    with_clause = ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in options.items())
+    t_env.execute_sql(f"CREATE TEMPORARY TABLE `{table}` ({columns}) WITH ({with_clause})")
+    return table
+
+
 def kafka_source(env: StreamExecutionEnvironment, settings: Settings, topic: str, group_id: str,
                  name: str) -> DataStream:
     """Raw values of ``topic`` as ``Row(value)``: ``value`` is bytes, or None for a null value.
@@ -72,26 +103,9 @@ def kafka_source(env: StreamExecutionEnvironment, settings: Settings, topic: str
     counts it (metric ``recs.null_values``): the DataStream Kafka source would drop it inside its
     Java deserializer, where no metric sees it. So the source is the Table connector with the
     ``raw`` format (a null value is a row whose column is NULL), converted to a DataStream.
-    It resumes from the group's committed offsets, else the earliest (``group-offsets`` +
-    ``auto.offset.reset``); offsets are committed on each checkpoint.
     """
-    from pyflink.table import StreamTableEnvironment
-
     t_env = StreamTableEnvironment.create(env)
-    table = "".join(c if c.isalnum() else "_" for c in name)  # shows in the source's vertex name
-    options = {
-        "connector": "kafka",
-        "topic": topic,
-        "properties.bootstrap.servers": settings.kafka.bootstrap_servers,
-        "properties.group.id": group_id,
-        "properties.auto.offset.reset": "earliest",
-        "scan.startup.mode": "group-offsets",
-        "scan.topic-partition-discovery.interval": "10 s",
-        "value.format": "raw",
-        **{f"properties.{k}": v for k, v in settings.kafka.java_properties().items()},
-    }
-    with_clause = ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in options.items())
-    t_env.execute_sql(f"CREATE TEMPORARY TABLE `{table}` (`value` BYTES) WITH ({with_clause})")
+    table = create_kafka_table(t_env, name, "`value` BYTES", kafka_options(settings, topic, group_id))
     return t_env.to_data_stream(t_env.from_path(table))
     # Row(value=bytes | None); the planner names the source and gives it a stable uid
 

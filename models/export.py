@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from torch import nn
 from models.artifact import sha256_file
 from models.tokenizer import vocab_hash
 from models.train import Trained
+
+if TYPE_CHECKING:
+    from conf.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +102,15 @@ def export(t: Trained, out_dir: Path, evaluation: dict[str, Any] | None = None) 
     (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("exported %s (d=%d, N=%d) to %s", meta["model_version"], d, n, out_dir)
     return meta
+
+
+def export_untrained(cfg: ModelSettings, out_dir: Path, texts: list[str], seed: int = 0) -> dict[str, Any]:
+    """An artifact of the configured shapes with random weights (tokenizer trained on ``texts``):
+    what speed benchmarks and pipeline tests need, where the weights do not matter. Deterministic
+    for a seed."""
+    from models.tokenizer import train_tokenizer
+    from models.train import build_model
+
+    torch.manual_seed(seed)
+    tok = train_tokenizer(texts, cfg.vocab_size, cfg.max_tokens)
+    return export(Trained(build_model(cfg, cfg.vocab_size).eval(), tok, cfg), out_dir)

@@ -123,6 +123,29 @@ class Flink:
         pids = self.pids()
         return pids[0] if pids else None
 
+    def taskmanager_pids(self) -> list[int]:
+        """PIDs of this cluster's TaskManagers (pid file ``flink-<user>-taskexecutor.pid``)."""
+        pids = []
+        for pid_file in self.dir.glob("*taskexecutor*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pids += [int(x) for x in pid_file.read_text().split() if psutil.pid_exists(int(x))]
+        return pids
+
+    def kill_taskmanager(self) -> list[int]:
+        """SIGKILL every TaskManager (a machine lost: no shutdown hook runs); returns their PIDs."""
+        pids = self.taskmanager_pids()
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+        for pid_file in self.dir.glob("*taskexecutor*.pid"):
+            pid_file.unlink(missing_ok=True)
+        return pids
+
+    def start_taskmanager(self) -> None:
+        self._script("taskmanager.sh", "start")
+        wait_healthy("flink taskmanager", self.healthy, self.f.startup_timeout_s, lambda: bool(self.pids()),
+                     self.dir / "log")
+
     def stop(self) -> None:
         if self.pids():
             with contextlib.suppress(StackError, subprocess.TimeoutExpired):

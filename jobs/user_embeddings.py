@@ -1,0 +1,157 @@
+"""user_embeddings: a click moves the user's embedding in the KV store within a second (phase 3).
+
+    recs jobs submit user-embeddings [--parallelism P] [--from-savepoint PATH]
+
+    clicks (Kafka, raw bytes)
+      └─ ParseClicks (vectorized: the contract parser on Arrow batches) ──(bad)──────────► clicks.dlq
+           └─ valid clicks, event time = ts
+                ├─ per user: the last max_len + reorder_slack clicks        (Flink SQL OVER window:
+                │   ARRAY_AGG(item_id), ARRAY_AGG(ts) ROWS ... PRECEDING     Java state, checkpointed, TTL)
+                │     └─ EmbedUsers | EmbedUsersAsync (user_embeddings.udf)
+                │          last-N by event time → item vectors (KV item:{id}, cached)
+                │          → one ONNX user-tower run per batch → KV user:{id} ──(refused)──► clicks.dlq
+                └─ per item: clicks in a sliding event-time window (HOP, watermark ts - max delay)
+                     └─ all counts of one slide in one row → WriteTrending → KV trending
+
+Why this shape (docs/streaming.md, bench/results/stream.json "designs"): per-record Python work is what
+limits a PyFlink job on a small machine, so the state lives in Flink's own (Java) operators and Python
+sees whole batches: the parser and the user tower run once per Arrow batch (or per micro-batch of
+concurrent async calls), the KV reads and writes once per batch.
+
+Delivery: Kafka offsets and the window state are in the same checkpoints (exactly-once state); the KV
+writes and the dead-letter topic are at-least-once, and the KV write is idempotent (the event-time
+rule: an equal event_ts replaces, an older one is refused), so after a failure the replayed clicks
+rewrite the same records: each user's record equals the one computed from the whole click log
+(ARCHITECTURE.md invariant 5, tests/integration/test_user_embeddings.py).
+"""
+
+from __future__ import annotations
+
+from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironment, Table
+from pyflink.table.udf import udf
+
+from conf import Settings, load_settings
+from jobs.flink_env import create_kafka_table, kafka_options, make_env
+from udfs.user_embedding import PARSED, EmbedUsers, EmbedUsersAsync, ParseClicks, WriteTrending
+
+GROUP_ID = "user-embeddings"
+
+
+def table_config(settings: Settings) -> dict[str, str]:
+    """Table API options of this job (all from settings)."""
+    ue = settings.user_embeddings
+    return {
+        # uids from the plan, so a savepoint maps back onto the same operators after a restart
+        "table.exec.uid.generation": "ALWAYS",
+        "table.exec.state.ttl": f"{ue.state_ttl_s} s" if ue.state_ttl_s else "0 ms",
+        "python.fn-execution.arrow.batch.size": str(ue.arrow_batch_size),
+        # async UDF (DEPENDENCIES.md): with retries or a timeout on, PyFlink starts a timer per record
+        # and batches stay ~8; timeouts and retries are handled by the KV client and the sink policy.
+        "table.exec.async-scalar.max-concurrent-operations": str(ue.async_concurrency),
+        "table.exec.async-scalar.buffer-capacity": str(ue.async_concurrency),
+        "table.exec.async-scalar.retry-strategy": "NO_RETRY",
+        "table.exec.async-scalar.timeout": "0 s",
+        # a parallel instance without clicks must not hold the trending watermark back
+        "table.exec.source.idle-timeout": "10 s",
+    }
+
+
+def click_columns(settings: Settings) -> str:
+    """Columns of the clicks source: the raw value, and the event time the trending windows use.
+
+    The watermark is declared here, in the source, so that Flink tracks it per Kafka partition (the
+    minimum over partitions, ``table.exec.source.idle-timeout`` for a partition without clicks): a
+    watermark computed after the partitions are merged would jump ahead on one partition's clicks
+    and drop the others' as late. ``rt`` reads ``ts`` from the JSON in Java; it only places a record
+    in time (the parser decides validity): unreadable → 0 (never moves the watermark), later than the
+    contract accepts (``max_future_skew_ms``) → capped, so one hostile record cannot push it ahead."""
+    c = settings.contracts
+    ts = "TRY_CAST(JSON_VALUE(CAST(`value` AS STRING), '$.ts') AS BIGINT)"
+    now_cap = f"CAST(UNIX_TIMESTAMP() AS BIGINT) * 1000 + {c.max_future_skew_ms}"
+    delay = settings.user_embeddings.trending_max_delay_ms
+    return (f"`value` BYTES, "
+            f"`rt` AS TO_TIMESTAMP_LTZ(LEAST(COALESCE({ts}, 0), {now_cap}), 3), "
+            f"WATERMARK FOR `rt` AS `rt` - INTERVAL '{delay / 1000:.3f}' SECOND")
+
+
+def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) -> Table:
+    """Wire the job on a table of raw click values (column ``value`` BYTES, NULL for a null value).
+    Returns the dead letters of every step as one STRING column (the KV writes happen inside the
+    UDFs); tests swap the source and sinks."""
+    ue = settings.user_embeddings
+    t_env.create_temporary_function("parse_clicks", udf(ParseClicks(settings), result_type=PARSED,
+                                                        func_type="pandas"))
+    parsed = t_env.sql_query(f"SELECT r.user_id AS user_id, r.item_id AS item_id, r.ts AS ts, r.dead AS dead, "
+                             f"rt FROM (SELECT parse_clicks(`value`) AS r, rt FROM `{clicks_table}`)")
+    # One parse per record: the parsed rows go through a DataStream, so both branches below read the
+    # same operator (two SQL branches would each get their own copy of the Python call). The source's
+    # per-partition watermarks travel with it (SOURCE_WATERMARK()).
+    schema = (Schema.new_builder()
+              .column("user_id", DataTypes.STRING()).column("item_id", DataTypes.STRING())
+              .column("ts", DataTypes.BIGINT()).column("dead", DataTypes.STRING())
+              .column("rt", DataTypes.TIMESTAMP_LTZ(3))
+              .column_by_expression("pt", "PROCTIME()")
+              .watermark("rt", "SOURCE_WATERMARK()")
+              .build())
+    t_env.create_temporary_view("clicks_parsed", t_env.from_data_stream(t_env.to_data_stream(parsed), schema))
+    t_env.create_temporary_view("clicks_valid", t_env.sql_query(
+        "SELECT user_id, item_id, ts, pt, rt FROM clicks_parsed WHERE user_id IS NOT NULL AND dead IS NULL"))
+
+    window_rows = settings.model.max_len + ue.reorder_slack
+    t_env.create_temporary_view("user_windows", t_env.sql_query(f"""
+        SELECT user_id, ARRAY_AGG(item_id) OVER w AS items, ARRAY_AGG(ts) OVER w AS tss
+        FROM clicks_valid
+        WINDOW w AS (PARTITION BY user_id ORDER BY pt ROWS BETWEEN {window_rows - 1} PRECEDING AND CURRENT ROW)"""))
+    if ue.udf == "async":
+        embed = udf(EmbedUsersAsync(settings), result_type=DataTypes.STRING())
+    else:
+        embed = udf(EmbedUsers(settings), result_type=DataTypes.STRING(), func_type="pandas")
+    t_env.create_temporary_function("embed_users", embed)
+
+    t_env.create_temporary_function("write_trending", udf(WriteTrending(settings), result_type=DataTypes.STRING()))
+    t_env.create_temporary_view("item_counts", t_env.sql_query(f"""
+        SELECT window_time AS hop_time, item_id, COUNT(*) AS clicks, MAX(ts) AS last_ts
+        FROM TABLE(HOP(TABLE clicks_valid, DESCRIPTOR(rt), INTERVAL '{ue.trending_slide_s}' SECOND(9),
+                       INTERVAL '{ue.trending_window_s}' SECOND(9)))
+        GROUP BY window_start, window_end, window_time, item_id"""))
+    t_env.create_temporary_view("trending_writes", t_env.sql_query(f"""
+        SELECT write_trending(ARRAY_AGG(item_id), ARRAY_AGG(clicks), MAX(last_ts)) AS dead
+        FROM TABLE(TUMBLE(TABLE item_counts, DESCRIPTOR(hop_time), INTERVAL '{ue.trending_slide_s}' SECOND(9)))
+        GROUP BY window_start, window_end"""))
+    dead = t_env.sql_query("""
+        SELECT dead FROM clicks_parsed WHERE dead IS NOT NULL
+        UNION ALL
+        SELECT dead FROM (SELECT embed_users(user_id, items, tss) AS dead FROM user_windows) WHERE dead IS NOT NULL
+        UNION ALL
+        SELECT dead FROM trending_writes WHERE dead IS NOT NULL""")
+    return dead
+
+
+def statements(settings: Settings) -> StatementSet:
+    """The whole job on the Kafka topics in settings, ready to execute (or explain)."""
+    t_env = StreamTableEnvironment.create(make_env(settings))
+    for key, value in table_config(settings).items():
+        t_env.get_config().set(key, value)
+    topics = settings.kafka.topics
+    clicks = create_kafka_table(t_env, "kafka: clicks", click_columns(settings),
+                                kafka_options(settings, topics.clicks, GROUP_ID))
+    dlq = create_kafka_table(t_env, "kafka: clicks.dlq", "`value` STRING", kafka_options(settings, topics.clicks_dlq))
+    out = t_env.create_statement_set()
+    out.add_insert(dlq, build(t_env, settings, clicks))
+    return out
+
+
+def main() -> None:
+    """``python jobs/user_embeddings.py`` (what `recs jobs submit` runs); ``--explain`` prints the
+    optimized plan instead of running it."""
+    import sys
+
+    job = statements(load_settings())
+    if "--explain" in sys.argv:
+        print(job.explain())
+    else:
+        job.execute()
+
+
+if __name__ == "__main__":
+    main()

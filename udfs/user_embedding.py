@@ -1,0 +1,237 @@
+"""The Python functions of the user-embedding job (jobs/user_embeddings.py), Table API UDFs.
+
+Flink keeps the state (the OVER window of each user's recent clicks, the trending counts); Python gets
+whole batches:
+
+- ``ParseClicks`` (vectorized, Arrow batches): raw Kafka values → ROW(user_id, item_id, ts, dead).
+  The logic is the project's one parser (``recs.contracts.parse_or_error``): a valid click has
+  ``dead`` NULL; a rejected value has ``dead`` = its dead-letter JSON (stage ``parse``, field, reason,
+  the raw bytes), counted in ``recs.dead_letters.<field>``; a null value (tombstone) has every column
+  NULL except ``ts`` and is counted in ``recs.null_values``. ``ts`` is never NULL (0 when there is no
+  click): the job's watermark is computed from it.
+- ``EmbedUsers`` (vectorized) and ``EmbedUsersAsync`` (``AsyncScalarFunction``, micro-batched by
+  ``udfs/batcher.py``): the user's window → ``UserTowerWriter.process`` (udfs/user_tower.py: last-N,
+  item vectors, one ONNX run, one KV write per batch). They return NULL, or the dead-letter JSON of a
+  write the store refused for good. ``user_embeddings.udf`` in settings picks one.
+- ``WriteTrending``: a window's item counts → the top ``trending_top_k`` → the KV trending list.
+
+Metrics (group ``recs``): valid_records, null_values, dead_letters.<field>, user_records_written,
+stale_writes, unknown_items, no_known_items, sink_dead_letters, batches, batch_rows (mean batch =
+batch_rows / batches), and gauges click_to_kv_p50_ms / click_to_kv_p99_ms / click_to_kv_max_ms over
+the writes of the last ``LATENCY_WINDOW_S`` seconds (event time of the newest click → KV write).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from pyflink.table import DataTypes
+from pyflink.table.udf import AsyncScalarFunction, ScalarFunction
+
+from recs.contracts import Click, ContractError, parse_or_error
+from recs.dead_letters import dead_letter
+from udfs.batcher import MicroBatcher
+from udfs.user_tower import BatchStats, UserTowerWriter, UserWindow
+
+if TYPE_CHECKING:
+    from conf.settings import Settings
+
+log = logging.getLogger(__name__)
+LATENCY_WINDOW_S = 10.0
+
+PARSED = DataTypes.ROW([DataTypes.FIELD("user_id", DataTypes.STRING()),
+                        DataTypes.FIELD("item_id", DataTypes.STRING()),
+                        DataTypes.FIELD("ts", DataTypes.BIGINT()),
+                        DataTypes.FIELD("dead", DataTypes.STRING())])
+
+
+class ParseClicks(ScalarFunction):
+    def __init__(self, settings: Settings) -> None:
+        self.limits = settings.contracts
+        self.topic = settings.kafka.topics.clicks
+
+    def is_deterministic(self) -> bool:
+        return False    # it counts metrics: the planner must call it once a row, never twice
+
+    def open(self, function_context: Any) -> None:
+        self._group = function_context.get_metric_group().add_group("recs")
+        self._valid = self._group.counter("valid_records")
+        self._nulls = self._group.counter("null_values")
+        self._dead: dict[str, Any] = {}
+
+    def _count_dead(self, field: str) -> None:
+        counter = self._dead.get(field)
+        if counter is None:
+            name = "record" if field == "$" else "".join(c if c.isalnum() else "_" for c in field)
+            counter = self._dead[field] = self._group.add_group("dead_letters").counter(name)
+        counter.inc()
+
+    def eval(self, values: pd.Series) -> pd.DataFrame:
+        users: list[str | None] = []
+        items: list[str | None] = []
+        tss: list[int] = []
+        dead: list[str | None] = []
+        valid = nulls = 0
+        for value in values:
+            user = item = letter = None
+            ts = 0
+            if value is None:
+                nulls += 1
+            else:
+                raw = bytes(value)
+                record = parse_or_error("click", raw, self.limits)
+                if isinstance(record, Click):
+                    valid += 1
+                    user, item, ts = record.user_id, record.item_id, record.ts
+                else:
+                    assert isinstance(record, ContractError)
+                    self._count_dead(record.field)
+                    if record.unexpected:
+                        self._count_dead("unexpected")
+                    letter = dead_letter(raw, record, self.topic)
+            users.append(user)
+            items.append(item)
+            tss.append(ts)
+            dead.append(letter)
+        self._valid.inc(valid)
+        self._nulls.inc(nulls)
+        return pd.DataFrame({"user_id": users, "item_id": items, "ts": np.asarray(tss, np.int64), "dead": dead})
+
+
+class _Embedder:
+    """What both embedding UDFs share: open the store and the model, run a batch, keep metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _open(self, function_context: Any) -> None:
+        from models.artifact import load_artifact
+        from recs.stores import open_store
+
+        s = self.settings
+        # The artifact is checked here (files, hashes, shapes, dim): a mismatch fails the job at start.
+        self.artifact = load_artifact(s.model.artifact_dir, expect_dim=s.model.dim, threads=s.threads.flink_worker)
+        self.store = open_store(s)
+        self.writer = UserTowerWriter(s, self.store, self.artifact)
+        log.info("user tower %s on %s", self.artifact.model_version, self.artifact.providers)
+        g = function_context.get_metric_group().add_group("recs")
+        self._counters = {name: g.counter(name) for name in (
+            "user_records_written", "stale_writes", "unknown_items", "no_known_items", "sink_dead_letters",
+            "batches", "batch_rows")}
+        self._recent: deque[tuple[float, float]] = deque()   # (monotonic time, latency ms)
+        for q, name in ((50, "click_to_kv_p50_ms"), (99, "click_to_kv_p99_ms"), (100, "click_to_kv_max_ms")):
+            g.gauge(name, lambda q=q: self._latency(q))
+
+    def _latency(self, q: float) -> int:
+        cutoff = time.monotonic() - LATENCY_WINDOW_S
+        recent = [ms for t, ms in list(self._recent) if t >= cutoff]
+        return int(np.percentile(recent, q)) if recent else 0
+
+    def _record(self, stats: BatchStats) -> None:
+        c = self._counters
+        c["user_records_written"].inc(stats.written)
+        c["stale_writes"].inc(stats.stale)
+        c["unknown_items"].inc(stats.unknown_items)
+        c["no_known_items"].inc(stats.no_known_items)
+        c["sink_dead_letters"].inc(stats.dead_letters)
+        c["batches"].inc(1)
+        c["batch_rows"].inc(stats.size)
+        now = time.monotonic()
+        self._recent.extend((now, ms) for ms in stats.latencies_ms)
+        while self._recent and self._recent[0][0] < now - LATENCY_WINDOW_S:
+            self._recent.popleft()
+
+    def _run(self, windows: Sequence[UserWindow]) -> list[str | None]:
+        out = self.writer.process(windows)
+        self._record(out.stats)
+        return out.dead_letters
+
+    def _close(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+class EmbedUsers(_Embedder, ScalarFunction):
+    """Vectorized: one call per Arrow batch (``user_embeddings.arrow_batch_size`` rows at most)."""
+
+    def is_deterministic(self) -> bool:
+        return False    # it writes to the KV store
+
+    def open(self, function_context: Any) -> None:
+        self._open(function_context)
+
+    def eval(self, user_ids: pd.Series, items: pd.Series, tss: pd.Series) -> pd.Series:
+        windows = [UserWindow(u, list(i), list(t)) for u, i, t in zip(user_ids, items, tss, strict=True)]
+        return pd.Series(self._run(windows), dtype=object)
+
+    def close(self) -> None:
+        self._close()
+
+
+class EmbedUsersAsync(_Embedder, AsyncScalarFunction):
+    """Async: each row is one ``eval`` call; ``MicroBatcher`` gathers the calls in flight into batches
+    of at most ``max_batch`` rows, waiting at most ``max_wait_ms``."""
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def open(self, function_context: Any) -> None:
+        self._open(function_context)
+        ue = self.settings.user_embeddings
+        self.batcher: MicroBatcher[UserWindow, str | None] = MicroBatcher(self._run, ue.max_batch, ue.max_wait_ms)
+
+    async def eval(self, user_id: str, items: Sequence[str], tss: Sequence[int]) -> str | None:
+        return await self.batcher.submit(UserWindow(user_id, list(items), list(tss)))
+
+    def close(self) -> None:
+        self.batcher.close()
+        self._close()
+
+
+class WriteTrending(ScalarFunction):
+    """One call per slide of the trending window: (item ids, their click counts, newest click time)
+    → the top ``trending_top_k`` by count (ties by item id) → KV ``trending``. Returns NULL, or a
+    dead-letter JSON when the store refused the list for good."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def open(self, function_context: Any) -> None:
+        from recs.stores import open_store
+        from udfs.sinks import RetryPolicy
+
+        self.store = open_store(self.settings)
+        self.policy = RetryPolicy.from_settings(self.settings.flink)
+        self._lists = function_context.get_metric_group().add_group("recs").counter("trending_lists")
+
+    def eval(self, items: Sequence[str], counts: Sequence[int], last_ts: int) -> str | None:
+        from recs.stores.base import RecsList
+        from udfs.sinks import write_or_dead_letter
+
+        top = top_k_counts(list(items), [int(c) for c in counts], self.settings.user_embeddings.trending_top_k)
+        record = RecsList("", tuple(i for i, _ in top), "trending", int(last_ts), tuple(float(c) for _, c in top))
+        self._lists.inc()
+        return write_or_dead_letter(lambda: self.store.put_trending(record),
+                                    {"trending": list(record.items), "event_ts": record.event_ts}, self.policy,
+                                    source_topic=self.settings.kafka.topics.clicks,
+                                    sink=f"sink:{self.settings.kv.backend}")
+
+    def close(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+def top_k_counts(items: list[str], counts: list[int], k: int) -> list[tuple[str, int]]:
+    """The k items with the most clicks, most first; equal counts by item id (deterministic)."""
+    return sorted(zip(items, counts, strict=True), key=lambda ic: (-ic[1], ic[0]))[:k]
