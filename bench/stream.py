@@ -229,35 +229,11 @@ def tree(pid: int) -> list[int]:
 def seed_items(settings: Settings, data_dir: Path, limit: int) -> list[str]:
     """Embed the catalogue's active listings with the artifact's item tower, write them to KV;
     return their ids (what the producer clicks on)."""
-    from models.artifact import load_artifact
-    from recs.contracts import ContractError, parse_listing
-    from recs.local.data.schema import LISTINGS_FILE
-    from recs.local.produce import _row_to_event, iter_rows
-    from recs.stores import ItemVector, open_store
+    from recs.local.item_vectors import embed_listings, put_item_vectors
 
-    latest: dict[str, Any] = {}
-    for row in iter_rows(data_dir / LISTINGS_FILE):
-        try:
-            lst = parse_listing(_row_to_event("listing", row), settings.contracts)
-        except ContractError:
-            continue
-        if lst.item_id not in latest or lst.ts >= latest[lst.item_id].ts:
-            latest[lst.item_id] = lst
-    active = sorted((x for x in latest.values() if x.active), key=lambda x: x.item_id)[:limit or None]
-    if not active:
-        raise SystemExit(f"no active listing in {data_dir / LISTINGS_FILE}")
-    art = load_artifact(settings.model.artifact_dir, expect_dim=settings.model.dim, threads=settings.threads.batch)
-    vecs = art.embed_items([x.text() for x in active])
-    store = open_store(settings)
-    try:
-        for lo in range(0, len(active), 1000):
-            chunk = active[lo:lo + 1000]
-            store.put_items([ItemVector(x.item_id, vecs[lo + j], art.model_version, x.ts, "active", x.category)
-                             for j, x in enumerate(chunk)])
-    finally:
-        store.close()
-    log.info("wrote %d item vectors (model %s) to KV", len(active), art.model_version)
-    return [x.item_id for x in active]
+    items = embed_listings(settings, data_dir, limit or None)
+    put_item_vectors(settings, items)
+    return [x.item_id for x in items.listings]
 
 
 def read_records(client: Any, prefix: str, users: Sequence[str],

@@ -33,12 +33,12 @@ class ItemVectors:
 
 def current_listings(settings: Settings, data_dir: Path) -> list[Listing]:
     """The last event of every listing in ``data_dir``, active ones, sorted by item id."""
-    from recs.local.produce import _row_to_event, iter_rows
+    from recs.local.produce import row_to_event, iter_rows
 
     latest: dict[str, Listing] = {}
     for row in iter_rows(data_dir / LISTINGS_FILE):
         try:
-            lst = parse_listing(_row_to_event("listing", row), settings.contracts)
+            lst = parse_listing(row_to_event("listing", row), settings.contracts)
         except ContractError:
             continue
         if lst.item_id not in latest or lst.ts >= latest[lst.item_id].ts:

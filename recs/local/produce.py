@@ -60,7 +60,7 @@ def iter_rows(path: Path, limit: int | None = None, batch_size: int = 50_000) ->
             yield row
 
 
-def _row_to_event(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+def row_to_event(kind: str, row: dict[str, Any]) -> dict[str, Any]:
     row = {k: v for k, v in row.items() if v is not None}
     if kind == "listing" and isinstance(row.get("attributes"), str):
         row["attributes"] = json.loads(row["attributes"])
@@ -96,7 +96,7 @@ def produce(settings: Settings, kind: str, data_dir: Path, *, rate: float = 0.0,
     start = time.perf_counter()
     with tqdm(total=total, unit="ev", desc=f"produce {topic}", disable=not progress) as bar:
         for i, row in enumerate(iter_rows(path, limit)):
-            event = _row_to_event(kind, row)
+            event = row_to_event(kind, row)
             if retime:
                 event["ts"] = int(time.time() * 1000)
             try:
