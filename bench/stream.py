@@ -634,14 +634,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "movielens",
                     help="listings whose item vectors the clicks point at (the artifact's catalogue)")
     ap.add_argument("--items", type=int, default=0, help="use at most this many items (0 = all active)")
-    ap.add_argument("--peer-fetch-wait-ms", type=int, default=500,
-                    help="the peer's fetch.wait.max.ms (500: the Kafka clients' default, as the Flink source)")
+    ap.add_argument("--peer-fetch-wait-ms", type=int, default=None,
+                    help="the peer's fetch.wait.max.ms (default: kafka.fetch_max_wait_ms, as the Flink source)")
     ap.add_argument("--primer-users", type=int, default=8)
     ap.add_argument("--ready-timeout-s", type=float, default=180.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--external", action="store_true", help="use the stack the settings name (make up)")
     ap.add_argument("--out", type=Path, default=RESULTS / "stream.json")
     args = ap.parse_args(argv)
+    if args.peer_fetch_wait_ms is None:
+        args.peer_fetch_wait_ms = load_settings().kafka.fetch_max_wait_ms
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:

@@ -79,6 +79,7 @@ def kafka_options(settings: Settings, topic: str, group_id: str | None = None) -
     }
     if group_id is not None:
         options |= {"properties.group.id": group_id, "properties.auto.offset.reset": "earliest",
+                    "properties.fetch.max.wait.ms": str(settings.kafka.fetch_max_wait_ms),
                     "scan.startup.mode": "group-offsets", "scan.topic-partition-discovery.interval": "10 s"}
     else:
         options["sink.delivery-guarantee"] = "at-least-once"

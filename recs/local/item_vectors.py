@@ -33,7 +33,7 @@ class ItemVectors:
 
 def current_listings(settings: Settings, data_dir: Path) -> list[Listing]:
     """The last event of every listing in ``data_dir``, active ones, sorted by item id."""
-    from recs.local.produce import row_to_event, iter_rows
+    from recs.local.produce import iter_rows, row_to_event
 
     latest: dict[str, Listing] = {}
     for row in iter_rows(data_dir / LISTINGS_FILE):
