@@ -177,12 +177,28 @@ class EmbedUsers(_Embedder, ScalarFunction):
 
 class EmbedUsersAsync(_Embedder, AsyncScalarFunction):
     """Async: each row is one ``eval`` call; ``MicroBatcher`` gathers the calls in flight into batches
-    of at most ``max_batch`` rows, waiting at most ``max_wait_ms``."""
+    of at most ``max_batch`` rows, waiting at most ``max_wait_ms``.
+
+    Two PyFlink 2.3.0 details this class works around (both measured on the standalone cluster):
+
+    - rows: ``eval`` runs later, on the operator's event-loop thread, and reads its arguments from the
+      input row then; the Cython decoder reuses one list for every row, so by that time most calls saw
+      a later row (users without a record, records behind their clicks). ``_copy_rows_before_async_eval``
+      makes the operator copy each row when it is queued (installed when the worker unpickles this
+      function, before the operator binds ``process_element``).
+    - metrics: a counter only counts on the bundle's own thread (Beam keeps the metrics container per
+      thread), and batches run on the batcher's worker thread. Their stats are queued and added on the
+      bundle thread when the operator reads its gauges at the end of each bundle."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        _copy_rows_before_async_eval()
 
     def is_deterministic(self) -> bool:
         return False
 
     def open(self, function_context: Any) -> None:
+        self._pending: deque[BatchStats] = deque()    # stats of finished batches, not yet counted
         self._open(function_context)
         ue = self.settings.user_embeddings
         self.batcher: MicroBatcher[UserWindow, str | None] = MicroBatcher(self._run, ue.max_batch, ue.max_wait_ms)
@@ -190,9 +206,40 @@ class EmbedUsersAsync(_Embedder, AsyncScalarFunction):
     async def eval(self, user_id: str, items: Sequence[str], tss: Sequence[int]) -> str | None:
         return await self.batcher.submit(UserWindow(user_id, list(items), list(tss)))
 
+    def _record(self, stats: BatchStats) -> None:
+        self._pending.append(stats)       # the batcher's thread: counted later, on the bundle thread
+
+    def _latency(self, q: float) -> int:
+        # the gauges are read on the bundle thread once the bundle's calls are done: count first
+        while self._pending:
+            super()._record(self._pending.popleft())
+        return super()._latency(q)
+
     def close(self) -> None:
         self.batcher.close()
         self._close()
+
+
+def _copy_rows_before_async_eval() -> None:
+    """Make PyFlink's AsyncScalarFunctionOperation hand each call its own copy of the input row.
+
+    pyflink 2.3.0 ``fn_execution/table/async_function/operations.py``: ``process_element(value)``
+    schedules a coroutine that evaluates ``f.eval(value[0], ...)`` when the event loop gets to it, and
+    ``FlattenRowCoderImpl.decode_from_stream`` (coder_impl_fast.pyx) returns the same list for every
+    row of a bundle. A shallow copy is enough: the fields (strings, the arrays) are new objects per
+    row. Idempotent; harmless where the row is already a fresh list."""
+    from pyflink.fn_execution.table.async_function.operations import AsyncScalarFunctionOperation as Op
+
+    if getattr(Op.process_element, "copies_row", False):
+        return
+    reads_row_later = Op.process_element
+
+    def process_element(self: Any, value: Any) -> Any:
+        return reads_row_later(self, list(value))
+
+    setattr(process_element, "copies_row", True)  # noqa: B010
+    Op.process_element = process_element
+    log.info("PyFlink AsyncScalarFunctionOperation: copying each input row before the async eval")
 
 
 class WriteTrending(ScalarFunction):

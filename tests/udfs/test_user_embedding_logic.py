@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections import deque
 
+import cloudpickle
 import numpy as np
 import pytest
 
@@ -14,8 +17,8 @@ from recs.stores.base import ItemVector, UserRecord
 from udfs.batcher import MicroBatcher
 from udfs.last_n import last_n
 from udfs.sinks import RetryPolicy
-from udfs.user_embedding import top_k_counts
-from udfs.user_tower import ItemVectorCache, UserTowerWriter, UserWindow
+from udfs.user_embedding import EmbedUsersAsync, top_k_counts
+from udfs.user_tower import BatchStats, ItemVectorCache, UserTowerWriter, UserWindow
 
 
 def test_last_n_orders_by_event_time_keeps_repeats_and_arrival_order_on_ties():
@@ -146,3 +149,81 @@ def test_item_vector_cache_is_bounded_and_expires():
     now[0] = 11.0                                    # past the TTL: read again
     cache.get(["i0"])
     assert store.item_reads == 4
+
+
+def _async_operation(fn):
+    """PyFlink's own operator for an async scalar UDF (pyflink 2.3.0), built without a proto: its
+    queue, its emitter and event-loop threads, and the eval call it generates for
+    ``fn(user_id, items, tss)``. Returns it and the list its results are emitted to."""
+    from pyflink.fn_execution.datastream.process.async_function.operation import AsyncFunctionRunner, Emitter
+    from pyflink.fn_execution.datastream.process.async_function.queue import OrderedStreamElementQueue
+    from pyflink.fn_execution.table.async_function.operations import AsyncScalarFunctionOperation
+
+    op = object.__new__(AsyncScalarFunctionOperation)
+    op._exception, op._timeout, op._retry_enabled, op.user_defined_funcs = None, 0.0, False, []
+    op._queue = OrderedStreamElementQueue(1000, op._raise_exception_if_exists)
+    op._eval_func = lambda value: fn.eval(value[0], value[1], value[2])
+    op._async_function_runner = AsyncFunctionRunner()
+    op._async_function_runner.daemon = True
+    op._async_function_runner.start()
+    op._async_function_runner.wait_ready()
+    emitted: list[object] = []
+    output = type("Output", (), {"process_outputs": lambda self, _, results: emitted.extend(results)})()
+    op._emitter = Emitter(op._mark_exception, output, op._queue)
+    op._emitter.daemon = True
+    op._emitter.start()
+    return op, emitted
+
+
+def test_async_udf_gets_every_row_although_the_decoder_reuses_one_row_list():
+    # loaded as the Python worker loads it (unpickled), which makes the operator copy each row
+    fn = cloudpickle.loads(cloudpickle.dumps(EmbedUsersAsync(load_settings())))
+    batches: list[list[UserWindow]] = []
+
+    def run(windows):
+        batches.append(list(windows))
+        return [None] * len(windows)
+
+    fn.batcher = MicroBatcher(run, max_batch=100, max_wait_ms=5)
+    op, emitted = _async_operation(fn)
+    loop = op._async_function_runner._loop
+    queued = threading.Event()
+    loop.call_soon_threadsafe(queued.wait, 10)     # the event loop is busy until every row is queued
+    row: list[object] = [None, None, None]         # FlattenRowCoderImpl: one list, refilled per row
+    for k in range(6):
+        row[0], row[1], row[2] = f"u{k}", [f"i{k}"], [k]
+        op.process_element(row)
+    queued.set()
+    op._wait_for_in_flight_inputs_finished()
+    op.close()
+    fn.batcher.close()
+    assert emitted == [None] * 6
+    assert batches == [[UserWindow(f"u{k}", [f"i{k}"], [k]) for k in range(6)]]   # one batch, each row once
+
+
+class _ThreadCounter:
+    def __init__(self):
+        self.count, self.threads = 0, set()
+
+    def inc(self, n=1):
+        self.count += n
+        self.threads.add(threading.current_thread().name)
+
+
+def test_async_udf_counts_batches_on_the_thread_that_reads_its_gauges():
+    # Beam drops a counter update made outside the bundle's thread: the batch thread only queues stats
+    fn = EmbedUsersAsync(load_settings())
+    fn._pending = deque()
+    fn._recent = deque()
+    fn._counters = {name: _ThreadCounter() for name in (
+        "user_records_written", "stale_writes", "unknown_items", "no_known_items", "sink_dead_letters",
+        "batches", "batch_rows")}
+    worker = threading.Thread(target=lambda: [fn._record(BatchStats(size=n, written=n, latencies_ms=[5.0] * n))
+                                              for n in (3, 4)], name="micro-batch")
+    worker.start()
+    worker.join()
+    assert fn._counters["batches"].count == 0
+    assert fn._latency(50) == 5                    # the end-of-bundle gauge read counts them first
+    c = fn._counters
+    assert (c["batches"].count, c["batch_rows"].count, c["user_records_written"].count) == (2, 7, 7)
+    assert set().union(*(x.threads for x in c.values())) == {threading.current_thread().name}
