@@ -70,6 +70,15 @@ log = logging.getLogger("bench.stream")
 ROOT = PROJECT_ROOT
 RESULTS = ROOT / "bench" / "results"
 SYSTEMS = ("flink", "plain_consumer")
+# The design ablation (--designs): the product job with each UDF path, and the DataStream design.
+FLINK_DESIGNS: dict[str, tuple[Path | None, dict[str, Any]]] = {
+    "flink": (None, {}),                                    # jobs/user_embeddings.py as configured
+    "flink-vectorized": (None, {"udf": "vectorized"}),
+    "flink-async": (None, {"udf": "async"}),
+    "flink-datastream": (ROOT / "bench" / "designs" / "user_embeddings_datastream.py", {}),
+}
+SYSTEM_TAGS = {"flink": "fl", "flink-vectorized": "fv", "flink-async": "fa", "flink-datastream": "fd",
+               "plain_consumer": "pc"}
 JOB = "user-embeddings"
 DEFAULT_RATES = (500, 1000, 2000, 5000, 10000, 20000)
 
@@ -337,16 +346,14 @@ class PlainConsumerSystem:
 class FlinkSystem:
     name = "flink"
 
-    def __init__(self, settings: Settings, parallelism: int) -> None:
-        self.settings, self.parallelism = settings, parallelism
+    def __init__(self, settings: Settings, parallelism: int, script: Path | None = None) -> None:
+        self.settings, self.parallelism, self.script = settings, parallelism, script
         self.job_id: str | None = None
 
     def start(self) -> None:
-        from recs.local.flink_jobs import JOBS, submit
+        from recs.local.flink_jobs import submit
 
-        if JOB not in JOBS:
-            raise RuntimeError(f"the Flink job {JOB!r} is not registered in recs.local.flink_jobs.JOBS (yet)")
-        self.job_id = submit(self.settings, JOB, parallelism=self.parallelism)
+        self.job_id = submit(self.settings, JOB, parallelism=self.parallelism, script=self.script)
 
     def alive(self) -> str | None:
         from recs.local.flink_jobs import job_health
@@ -404,7 +411,7 @@ def run_step(settings: Settings, system_name: str, rate: int, rnd: int, catalogu
              args: argparse.Namespace, redis: Any, pids_redis: list[int], workdir: Path) -> dict[str, Any]:
     from confluent_kafka import Producer
 
-    tag = f"r{rate}-{'fl' if system_name == 'flink' else 'pc'}-{rnd}"
+    tag = f"r{rate}-{SYSTEM_TAGS[system_name]}-{rnd}"
     topic = f"bench-stream-{tag}"
     s = step_settings(settings, topic)
     prefix = s.kv.key_prefix
@@ -412,8 +419,12 @@ def run_step(settings: Settings, system_name: str, rate: int, rnd: int, catalogu
     primer = [f"{tag}-p{i}" for i in range(args.primer_users)]
     all_users = list(dict.fromkeys(sched.users)) + primer
     create_topic(s, topic, s.kafka.topics.partitions_of(topic))
-    system: System = (FlinkSystem(s, args.parallelism) if system_name == "flink"
-                      else PlainConsumerSystem(s, tag, workdir, args.peer_fetch_wait_ms))
+    system: System
+    if system_name.startswith("flink"):
+        script, overrides = FLINK_DESIGNS[system_name]
+        system = FlinkSystem(with_overrides(s, user_embeddings=overrides), args.parallelism, script)
+    else:
+        system = PlainConsumerSystem(s, tag, workdir, args.peer_fetch_wait_ms)
     log.info("step %s: %d clicks at %d/s on %s", tag, len(sched.users), rate, topic)
     try:
         system.start()
@@ -527,7 +538,7 @@ def bench_stack(base: Settings, systems: Sequence[str], external: bool, parallel
     s = with_overrides(base, kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"}, redis={"port": free_port()},
                        flink={"rest_port": free_port(), "rpc_port": free_port(), "parallelism": parallelism},
                        stack={"run_dir": run_dir})
-    services = ("broker", "redis", "flink") if "flink" in systems else ("broker", "redis")
+    services = ("broker", "redis", "flink") if any(x.startswith("flink") for x in systems) else ("broker", "redis")
     stack = Stack(s, services)
     try:
         stack.up()
@@ -641,13 +652,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--external", action="store_true", help="use the stack the settings name (make up)")
     ap.add_argument("--out", type=Path, default=RESULTS / "stream.json")
+    ap.add_argument("--designs", action="store_true",
+                    help="design ablation: run --systems (e.g. flink-vectorized,flink-async,flink-datastream) at "
+                         "--rates and store them under 'designs', keeping the rest of the JSON")
     args = ap.parse_args(argv)
     if args.peer_fetch_wait_ms is None:
         args.peer_fetch_wait_ms = load_settings().kafka.fetch_max_wait_ms
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    unknown = set(args.systems) - set(SYSTEMS)
+    unknown = set(args.systems) - set(SYSTEM_TAGS)
     if unknown:
-        ap.error(f"unknown systems {sorted(unknown)}; known: {list(SYSTEMS)}")
+        ap.error(f"unknown systems {sorted(unknown)}; known: {list(SYSTEM_TAGS)}")
     args.parallelism = args.parallelism or load_settings().flink.parallelism
 
     started = time.time()
@@ -656,6 +670,16 @@ def main(argv: list[str] | None = None) -> None:
     previous: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         previous = json.loads(args.out.read_text())
+    if args.designs:
+        previous["designs"] = [{"design": system, "offered_per_s": int(rate), "load_avg_1m": r.get("load_avg_1m"),
+                                **{k: r.get(k) for k in ("achieved_per_s", "p50_ms", "p99_ms", "max_ms",
+                                                         "mean_batch", "cpu_percent", "error")}}
+                               for rate, row in by_rate.items() for system, r in row.items()]
+        previous["designs_config"] = {"warmup_s": args.warmup_s, "seconds": args.seconds, "rounds": args.rounds,
+                                      "parallelism": args.parallelism, "wall_s": round(time.time() - started, 1)}
+        args.out.write_text(json.dumps(previous, indent=2) + "\n")
+        print(json.dumps(previous["designs"], indent=1))
+        return
     result = {
         "by_rate": by_rate,
         "max_rate_p99_under_1s": {s: max_rate_under(by_rate, s) for s in args.systems},

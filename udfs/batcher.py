@@ -13,6 +13,7 @@ caller of that batch gets the exception. Plain asyncio, tested without Flink.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -32,7 +33,7 @@ class MicroBatcher(Generic[T, R]):
         self._futures: list[asyncio.Future[R]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="micro-batch")
-        self.batch_sizes: list[int] = []      # sizes of the batches handed to run (for metrics)
+        self.batch_sizes: deque[int] = deque(maxlen=1000)   # sizes of the latest batches handed to run
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()

@@ -51,7 +51,7 @@ def test_micro_batcher_forms_batches_by_size_and_by_wait():
 
     out, sizes = asyncio.run(main())
     assert out == [i * 10 for i in range(10)]
-    assert sizes == [4, 4, 2]          # two full batches at once, the rest after max_wait_ms
+    assert list(sizes) == [4, 4, 2]          # two full batches at once, the rest after max_wait_ms
     assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
