@@ -132,11 +132,15 @@ class Flink:
         return pids
 
     def kill_taskmanager(self) -> list[int]:
-        """SIGKILL every TaskManager (a machine lost: no shutdown hook runs); returns their PIDs."""
+        """SIGKILL every TaskManager and its Python workers (a machine lost: no shutdown hook runs, and
+        no worker outlives it); returns the TaskManagers' PIDs."""
         pids = self.taskmanager_pids()
         for pid in pids:
             with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).kill()
+                tm = psutil.Process(pid)
+                for proc in [tm, *tm.children(recursive=True)]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        proc.kill()
         for pid_file in self.dir.glob("*taskexecutor*.pid"):
             pid_file.unlink(missing_ok=True)
         return pids
