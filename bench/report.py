@@ -193,6 +193,20 @@ def stream_section(d: dict[str, Any]) -> list[str]:
     rows += ["", "Highest offered rate with p99 < 1 s: " + ", ".join(f"{s} {_fmt(best.get(s))}/s" for s in systems)
              + (f"; `recs probe freshness` p99 {_fmt(d['freshness_probe_p99_ms'], 0)} ms"
                 if d.get("freshness_probe_p99_ms") is not None else "")]
+    fr = d.get("freshness")
+    if fr and fr.get("kv") and fr.get("serve") and fr.get("background"):
+        rows += ["", f"Freshness probe (`bench/freshness.py`: {_fmt(fr['background']['achieved_per_s'], 0)} background "
+                 f"clicks/s, {fr['kv']['seen']} probes): click → KV p50 {_fmt(fr['kv']['p50_ms'], 0)} / p99 "
+                 f"{_fmt(fr['kv']['p99_ms'], 0)} ms; click → `/recommendations` answer p50 "
+                 f"{_fmt(fr['serve']['p50_ms'], 0)} / p99 {_fmt(fr['serve']['p99_ms'], 0)} ms"]
+    designs = d.get("designs") or []
+    if designs:
+        rows += ["", "Design ablation (same data, same rate, same model and KV writes):", "",
+                 "| design | offered/s | achieved/s | p50 ms | p99 ms | mean batch | CPU % |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
+        rows += [f"| {x['design']} | {_fmt(x['offered_per_s'])} | {_fmt(x.get('achieved_per_s'), 0)} | "
+                 f"{_fmt(x.get('p50_ms'), 0)} | {_fmt(x.get('p99_ms'), 0)} | {_fmt(x.get('mean_batch'), 1)} | "
+                 f"{_fmt(x.get('cpu_percent'), 0)} |" for x in designs]
     return rows
 
 

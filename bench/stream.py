@@ -206,26 +206,27 @@ class CpuMeter:
 
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.procs = {g: [psutil.Process(p) for p in pids if psutil.pid_exists(p)] for g, pids in groups.items()}
-        self.start: dict[str, float] = {}
+        self.start: dict[str, dict[int, float]] = {}
         self.t0 = 0.0
 
-    def _cpu(self) -> dict[str, float]:
-        out = {}
+    def _cpu(self) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
         for g, procs in self.procs.items():
-            total = 0.0
+            out[g] = {}
             for p in procs:
                 with contextlib.suppress(psutil.Error):
                     t = p.cpu_times()
-                    total += t.user + t.system
-            out[g] = total
+                    out[g][p.pid] = t.user + t.system
         return out
 
     def begin(self) -> None:
         self.start, self.t0 = self._cpu(), time.monotonic()
 
     def end(self) -> dict[str, float]:
+        """CPU % per group; a process that ended meanwhile counts for nothing (never negative)."""
         now, wall = self._cpu(), time.monotonic() - self.t0
-        return {g: round(100 * (now[g] - self.start[g]) / wall, 1) for g in now}
+        return {g: round(100 * sum(max(0.0, t - self.start[g][pid]) for pid, t in now[g].items()
+                                   if pid in self.start[g]) / wall, 1) for g in now}
 
 
 def tree(pid: int) -> list[int]:
