@@ -196,7 +196,8 @@ def stream_section(d: dict[str, Any]) -> list[str]:
     fr = d.get("freshness")
     if fr and fr.get("kv") and fr.get("serve") and fr.get("background"):
         rows += ["", f"Freshness probe (`bench/freshness.py`: {_fmt(fr['background']['achieved_per_s'], 0)} background "
-                 f"clicks/s, {fr['kv']['seen']} probes): click → KV p50 {_fmt(fr['kv']['p50_ms'], 0)} / p99 "
+                 f"clicks/s; {fr['kv']['seen']} of {fr['kv']['seen'] + fr['kv']['timed_out']} probes seen, "
+                 f"{fr['kv']['timed_out']} timed out): click → KV p50 {_fmt(fr['kv']['p50_ms'], 0)} / p99 "
                  f"{_fmt(fr['kv']['p99_ms'], 0)} ms; click → `/recommendations` answer p50 "
                  f"{_fmt(fr['serve']['p50_ms'], 0)} / p99 {_fmt(fr['serve']['p99_ms'], 0)} ms"]
     designs = d.get("designs") or []
