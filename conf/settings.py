@@ -138,6 +138,7 @@ class FlinkSettings(_Section):
     bundle_time_ms: int = Field(ge=1)
     bundle_size: int = Field(ge=1)
     checkpoint_interval_ms: int = Field(ge=0)
+    checkpoint_dir: str  # a path (relative: to the project root) or a URI every TaskManager reaches
     startup_timeout_s: float = Field(gt=0)
     # Restart strategy every job is submitted with (jobs/flink_env.py): exponential delay, bounded.
     restart_attempts: int = Field(ge=0)

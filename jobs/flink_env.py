@@ -5,7 +5,8 @@ Settings decide everything here (DEPENDENCIES.md explains the choices):
   ``env.add_jars`` is the way that reaches the Python gateway);
 - Python workers run this interpreter (``python.executable``), else "No module named 'pyflink'";
 - ``python.fn-execution.bundle.time/size`` bound freshness: the 1 s default alone costs a second;
-- checkpoints every ``flink.checkpoint_interval_ms`` carry the source offsets;
+- checkpoints every ``flink.checkpoint_interval_ms`` carry the source offsets, in files under
+  ``flink.checkpoint_dir`` (the JobManager's memory refuses state over 5 MB);
 - the restart strategy is bounded (``restart_config``): exponential delay, at most
   ``flink.restart_attempts`` restarts, then the job FAILS visibly instead of looping in RESTARTING.
 """
@@ -13,6 +14,7 @@ Settings decide everything here (DEPENDENCIES.md explains the choices):
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from pyflink.common import Configuration
 from pyflink.common.serialization import SimpleStringSchema
@@ -21,7 +23,7 @@ from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
 from pyflink.table import StreamTableEnvironment
 
-from conf.settings import FlinkSettings, Settings
+from conf.settings import PROJECT_ROOT, FlinkSettings, Settings
 
 CONNECTOR_JARS = ("flink-connector-kafka.jar", "kafka-clients.jar")
 
@@ -37,6 +39,14 @@ def restart_config(f: FlinkSettings) -> dict[str, str]:
     }
 
 
+def checkpoint_uri(checkpoint_dir: str) -> str:
+    """``flink.checkpoint_dir`` as a URI: kept when it has a scheme, else a path under the project root."""
+    if "://" in checkpoint_dir:
+        return checkpoint_dir
+    path = Path(checkpoint_dir)
+    return (path if path.is_absolute() else PROJECT_ROOT / path).resolve().as_uri()
+
+
 def make_env(settings: Settings) -> StreamExecutionEnvironment:
     f = settings.flink
     config = Configuration()
@@ -45,6 +55,8 @@ def make_env(settings: Settings) -> StreamExecutionEnvironment:
     config.set_string("python.execution-mode", f.python_execution_mode)
     config.set_string("python.fn-execution.bundle.time", str(f.bundle_time_ms))
     config.set_string("python.fn-execution.bundle.size", str(f.bundle_size))
+    config.set_string("execution.checkpointing.storage", "filesystem")
+    config.set_string("execution.checkpointing.dir", checkpoint_uri(f.checkpoint_dir))
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_python_executable(sys.executable)
     env.set_parallelism(f.parallelism)

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -126,8 +127,16 @@ def job_status(settings: Settings, job_id: str) -> str:
     return str(_rest(settings, f"/jobs/{job_id}")["state"])
 
 
-def cancel(settings: Settings, job_id: str) -> None:
+def cancel(settings: Settings, job_id: str, wait_s: float = 0) -> str:
+    """Cancel a job; with ``wait_s``, wait that long for it to end (its slots are free then).
+    Returns the last state seen."""
     _rest(settings, f"/jobs/{job_id}?mode=cancel", method="PATCH")
+    deadline = time.monotonic() + wait_s
+    state = job_status(settings, job_id)
+    while state not in ("CANCELED", "FAILED", "FINISHED") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        state = job_status(settings, job_id)
+    return state
 
 
 def savepoint(settings: Settings, job_id: str, target_dir: Path, cancel_job: bool = False) -> str:

@@ -247,7 +247,7 @@ def test_probe_times_the_user_embedding_job(stack_settings, start_index_server, 
         with backend(s, store, start_index_server, vectors, art.model_version, tmp_path) as url:
             report = probe(s, rate, 20.0, probes, url, list(vectors), timeout_s=30.0, warmup_s=2.0, store=store)
     finally:
-        flink_jobs.cancel(s, job)
+        flink_jobs.cancel(s, job, wait_s=60)
         store.close()
     print(json.dumps(report.as_dict(), indent=1))     # the figures, for whoever runs it
     assert report.problems == []

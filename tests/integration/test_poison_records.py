@@ -48,7 +48,7 @@ def submitted(stack_settings):
     yield submit
     for s, job_id in jobs:
         if flink.job_status(s, job_id) not in ("FAILED", "CANCELED", "FINISHED"):
-            flink.cancel(s, job_id)
+            flink.cancel(s, job_id, wait_s=60)
 
 
 def _metric(metrics, name):

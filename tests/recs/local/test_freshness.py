@@ -23,6 +23,7 @@ from recs.local.freshness import (
     summarize,
 )
 from recs.local.pacing import BackgroundReport
+from recs.local.processes import free_port
 from recs.stores.base import UserRecord
 
 
@@ -87,7 +88,9 @@ def test_kv_poller_times_each_probe_and_times_out_the_missing():
 
 
 def test_bad_arguments_and_an_absent_broker_are_clear_errors(test_settings):
-    s = with_overrides(test_settings, kafka={"client_timeout_s": 1.0})   # nothing started on its ports
+    # fresh ports: the session's stack may run on test_settings' own ports when integration tests ran first
+    s = with_overrides(test_settings, kafka={"client_timeout_s": 1.0, "bootstrap_servers": f"127.0.0.1:{free_port()}"},
+                       redis={"port": free_port()})
     with pytest.raises(ValueError, match="probes >= 1"):
         probe(s, 100, 10, 0, None, ["i1"])
     with pytest.raises(ValueError, match="no items"):
