@@ -25,24 +25,38 @@ from recs.dead_letters import dead_letter
 DLQ_TAG = OutputTag("dead-letters", Types.STRING())
 
 
+class DeadLetterCounters:
+    """``recs.dead_letters.<field>`` (``record`` for the whole record), each created when first
+    needed, and ``recs.dead_letters.unexpected`` too when the parser raised what it should not."""
+
+    def __init__(self, recs_group: Any) -> None:
+        self._group = recs_group.add_group("dead_letters")
+        self._by_field: dict[str, Any] = {}
+
+    def count(self, error: ContractError) -> None:
+        self._inc(error.field)
+        if error.unexpected:
+            self._inc("unexpected")
+
+    def _inc(self, field: str) -> None:
+        counter = self._by_field.get(field)
+        if counter is None:
+            name = "record" if field == "$" else "".join(c if c.isalnum() else "_" for c in field)
+            counter = self._by_field[field] = self._group.counter(name)
+        counter.inc()
+
+
 class ParseEvents(ProcessFunction):
     def __init__(self, kind: EventKind, limits: ContractSettings, source_topic: str) -> None:
         self.kind: EventKind = kind
         self.limits = limits
         self.source_topic = source_topic
-        self._dead: dict[str, Any] = {}
 
     def open(self, runtime_context: Any) -> None:
-        self._group = runtime_context.get_metrics_group().add_group("recs")
-        self._valid = self._group.counter("valid_records")
-        self._nulls = self._group.counter("null_values")
-
-    def _count_dead(self, field: str) -> None:
-        counter = self._dead.get(field)
-        if counter is None:
-            name = "record" if field == "$" else "".join(c if c.isalnum() else "_" for c in field)
-            counter = self._dead[field] = self._group.add_group("dead_letters").counter(name)
-        counter.inc()
+        group = runtime_context.get_metrics_group().add_group("recs")
+        self._valid = group.counter("valid_records")
+        self._nulls = group.counter("null_values")
+        self._dead = DeadLetterCounters(group)
 
     def process_element(self, element: Row | bytes | None, ctx: ProcessFunction.Context):
         # Row(value) from jobs.flink_env.kafka_source; bare bytes | None where a test feeds them.
@@ -52,9 +66,7 @@ class ParseEvents(ProcessFunction):
             return
         record = parse_or_error(self.kind, value, self.limits)
         if isinstance(record, ContractError):
-            self._count_dead(record.field)
-            if record.unexpected:
-                self._count_dead("unexpected")
+            self._dead.count(record)
             yield DLQ_TAG, dead_letter(value, record, self.source_topic)
             return
         self._valid.inc()

@@ -37,6 +37,7 @@ from pyflink.table.udf import AsyncScalarFunction, ScalarFunction
 from recs.contracts import Click, ContractError, parse_or_error
 from recs.dead_letters import dead_letter
 from udfs.batcher import MicroBatcher
+from udfs.parse import DeadLetterCounters
 from udfs.user_tower import BatchStats, UserTowerWriter, UserWindow
 
 if TYPE_CHECKING:
@@ -60,17 +61,10 @@ class ParseClicks(ScalarFunction):
         return False    # it counts metrics: the planner must call it once a row, never twice
 
     def open(self, function_context: Any) -> None:
-        self._group = function_context.get_metric_group().add_group("recs")
-        self._valid = self._group.counter("valid_records")
-        self._nulls = self._group.counter("null_values")
-        self._dead: dict[str, Any] = {}
-
-    def _count_dead(self, field: str) -> None:
-        counter = self._dead.get(field)
-        if counter is None:
-            name = "record" if field == "$" else "".join(c if c.isalnum() else "_" for c in field)
-            counter = self._dead[field] = self._group.add_group("dead_letters").counter(name)
-        counter.inc()
+        group = function_context.get_metric_group().add_group("recs")
+        self._valid = group.counter("valid_records")
+        self._nulls = group.counter("null_values")
+        self._dead = DeadLetterCounters(group)
 
     def eval(self, values: pd.Series) -> pd.DataFrame:
         users: list[str | None] = []
@@ -91,9 +85,7 @@ class ParseClicks(ScalarFunction):
                     user, item, ts = record.user_id, record.item_id, record.ts
                 else:
                     assert isinstance(record, ContractError)
-                    self._count_dead(record.field)
-                    if record.unexpected:
-                        self._count_dead("unexpected")
+                    self._dead.count(record)
                     letter = dead_letter(raw, record, self.topic)
             users.append(user)
             items.append(item)

@@ -112,9 +112,10 @@ class Flink:
         wait_healthy("flink cluster", self.healthy, self.f.startup_timeout_s, lambda: bool(self.pids()),
               self.dir / "log")
 
-    def pids(self) -> list[int]:
+    def pids(self, pattern: str = "*.pid") -> list[int]:
+        """PIDs of this cluster's live processes whose pid file matches ``pattern``."""
         pids = []
-        for pid_file in self.dir.glob("*.pid"):
+        for pid_file in self.dir.glob(pattern):
             with contextlib.suppress(OSError, ValueError):
                 pids += [int(x) for x in pid_file.read_text().split() if psutil.pid_exists(int(x))]
         return pids
@@ -125,11 +126,7 @@ class Flink:
 
     def taskmanager_pids(self) -> list[int]:
         """PIDs of this cluster's TaskManagers (pid file ``flink-<user>-taskexecutor.pid``)."""
-        pids = []
-        for pid_file in self.dir.glob("*taskexecutor*.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                pids += [int(x) for x in pid_file.read_text().split() if psutil.pid_exists(int(x))]
-        return pids
+        return self.pids("*taskexecutor*.pid")
 
     def kill_taskmanager(self) -> list[int]:
         """SIGKILL every TaskManager and its Python workers (a machine lost: no shutdown hook runs, and
