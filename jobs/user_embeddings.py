@@ -41,6 +41,7 @@ def table_config(settings: Settings) -> dict[str, str]:
     """Table API options of this job (all from settings)."""
     ue = settings.user_embeddings
     return {
+        "pipeline.name": "user_embeddings",     # what `recs jobs list` shows (else "insert-into_...")
         # uids from the plan, so a savepoint maps back onto the same operators after a restart
         "table.exec.uid.generation": "ALWAYS",
         "table.exec.state.ttl": f"{ue.state_ttl_s} s" if ue.state_ttl_s else "0 ms",

@@ -6,12 +6,15 @@ folder of their own, so a developer's `make up` stack (default ports) is never t
     kafka_settings  a real Tansu broker + topics   -> conf.settings.KafkaSettings
     stack_settings  broker + Redis + Flink cluster -> conf.settings.Settings
     start_index_server  factory: a real gRPC index server on loopback -> (IndexServer, address)
+    flink_job       factory: submit a job to the test cluster once every slot is free; cancelled after
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from recs.local.stack import Stack
 # `integration` when it lives in tests/integration/ or uses a fixture that starts a service, and
 # `slow` when it uses a fixture that trains a model; tests that start a server in their body carry
 # the marker themselves.
-SERVICE_FIXTURES = frozenset({"redis_settings", "kafka_settings", "stack_settings", "redis_client",
+SERVICE_FIXTURES = frozenset({"redis_settings", "kafka_settings", "stack_settings", "redis_client", "flink_job",
                               "start_index_server", "index_server", "index_client", "store", "kafka_topic", "produce"})
 SLOW_FIXTURES = frozenset({"trained", "artifact_dir"})
 
@@ -98,6 +101,80 @@ def kafka_settings(test_settings: Settings, _broker: None) -> KafkaSettings:
 @pytest.fixture(scope="session")
 def stack_settings(test_settings: Settings, _broker: None, _redis: None, _flink: None) -> Settings:
     return test_settings
+
+
+ENDED = ("CANCELED", "FAILED", "FINISHED")
+
+
+def _flink_log_tail(fl: Flink, lines: int = 15) -> str:
+    """The last WARN/ERROR lines of the cluster's TaskManager logs and .out files: why it went away."""
+    out = []
+    for path in sorted((fl.dir / "log").glob("*taskexecutor*")):
+        text = path.read_text(errors="replace").splitlines()
+        if path.suffix != ".out":
+            text = [t for t in text if " ERROR " in t or " WARN " in t or "Exception" in t]
+        keep = text
+        out += [f"{path.name}: {t[:300]}" for t in keep[-lines:]]
+    return "\n".join(out) or "(no TaskManager log lines)"
+
+
+def flink_slots_free(settings: Settings, timeout_s: float = 120.0) -> None:
+    """Wait until the test cluster has a TaskManager, every slot free and no job left running.
+
+    A job an earlier test left cancelling, or a TaskManager that went away, would otherwise fail the
+    next test with NoResourceAvailable and a message about something else (CI, stop 13: five Flink
+    tests timed out that way, after the tests before them passed). Jobs still running are cancelled;
+    a TaskManager whose process is gone is started again, with a warning that quotes its log."""
+    from recs.local import flink_jobs
+
+    fl = Flink(settings)
+    if not fl.taskmanager_pids():
+        warnings.warn(f"the Flink TaskManager process was gone before this test; starting it again. "
+                      f"Its log ends:\n{_flink_log_tail(fl)}", stacklevel=2)
+        fl.start_taskmanager()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        o = fl.overview() or {}
+        left = [j for j in flink_jobs.list_jobs(settings) if j["state"] not in ENDED] if o else []
+        if not left and o.get("taskmanagers", 0) >= 1 and 1 <= o.get("slots-total", 0) == o.get("slots-available"):
+            return
+        for j in left:      # tests run one at a time: a job not ended now is an earlier test's
+            if j["state"] != "CANCELLING":
+                flink_jobs.cancel(settings, j["jid"])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the Flink test cluster has no free slots after {timeout_s:.0f} s: "
+                                 f"{fl.detail()}; jobs not ended: {left}\n{_flink_log_tail(fl)}")
+        time.sleep(1.0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A failed test that ran Flink jobs says what the cluster looked like, and what its log ends with."""
+    outcome = yield
+    report = outcome.get_result()
+    settings = getattr(item, "funcargs", {}).get("stack_settings")
+    if report.failed and "flink_job" in getattr(item, "fixturenames", ()) and settings is not None:
+        fl = Flink(settings)
+        report.sections.append(("flink cluster", f"{fl.detail()}\n{_flink_log_tail(fl)}"))
+
+
+@pytest.fixture
+def flink_job(stack_settings: Settings):  # type: ignore[no-untyped-def]
+    """Factory: ``flink_job(settings, "user-embeddings")`` -> job id, submitted once every slot of the
+    test cluster is free; each job the test submitted is cancelled after it, and its slots awaited."""
+    from recs.local import flink_jobs
+
+    submitted: list[tuple[Settings, str]] = []
+
+    def submit(settings: Settings, job: str) -> str:
+        flink_slots_free(settings)
+        submitted.append((settings, flink_jobs.submit(settings, job)))
+        return submitted[-1][1]
+
+    yield submit
+    for settings, job_id in submitted:
+        if flink_jobs.job_status(settings, job_id) not in ENDED:
+            flink_jobs.cancel(settings, job_id, wait_s=60)
 
 
 @pytest.fixture

@@ -34,10 +34,8 @@ MALFORMED = {
 
 
 @pytest.fixture()
-def job(stack_settings):
-    job_id = flink.submit(stack_settings, "click-counts")
-    yield job_id
-    flink.cancel(stack_settings, job_id, wait_s=60)
+def job(stack_settings, flink_job):
+    return flink_job(stack_settings, "click-counts")
 
 
 def test_click_counts_job_counts_every_valid_click_and_dead_letters_the_rest(stack_settings, job, tmp_path):

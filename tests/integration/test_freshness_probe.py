@@ -218,7 +218,7 @@ def test_cli_prints_json_and_exits_1_with_the_reason(settings, store, catalogue,
 
 
 @pytest.mark.slow
-def test_probe_times_the_user_embedding_job(stack_settings, start_index_server, tmp_path):
+def test_probe_times_the_user_embedding_job(stack_settings, start_index_server, flink_job, tmp_path):
     """The real job: click -> Flink -> user tower -> KV, and -> the backend's answer (an untrained
     artifact: the weights do not change the path a click takes)."""
     if "user-embeddings" not in flink_jobs.JOBS:
@@ -236,7 +236,7 @@ def test_probe_times_the_user_embedding_job(stack_settings, start_index_server, 
     store = open_store(s)
     assert all(store.put_items([ItemVector(i, v, art.model_version, 1_000) for i, v in vectors.items()]))
     rate, probes = 500.0, 20
-    job = flink_jobs.submit(s, "user-embeddings")
+    flink_job(s, "user-embeddings")     # cancelled after the test
     try:
         # measure the running job, not its start-up: wait for its first record
         producer = Producer(s.kafka.client_config())
@@ -247,7 +247,6 @@ def test_probe_times_the_user_embedding_job(stack_settings, start_index_server, 
         with backend(s, store, start_index_server, vectors, art.model_version, tmp_path) as url:
             report = probe(s, rate, 20.0, probes, url, list(vectors), timeout_s=30.0, warmup_s=2.0, store=store)
     finally:
-        flink_jobs.cancel(s, job, wait_s=60)
         store.close()
     print(json.dumps(report.as_dict(), indent=1))     # the figures, for whoever runs it
     assert report.problems == []

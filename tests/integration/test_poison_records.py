@@ -38,17 +38,8 @@ def _own_topics(settings, name, **flink_overrides):
 
 
 @pytest.fixture()
-def submitted(stack_settings):
-    jobs = []
-
-    def submit(s):
-        jobs.append((s, flink.submit(s, "click-counts")))
-        return jobs[-1][1]
-
-    yield submit
-    for s, job_id in jobs:
-        if flink.job_status(s, job_id) not in ("FAILED", "CANCELED", "FINISHED"):
-            flink.cancel(s, job_id, wait_s=60)
+def submitted(flink_job):
+    return lambda s: flink_job(s, "click-counts")
 
 
 def _metric(metrics, name):
