@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from conf.section import Section
-from conf.streaming import UserEmbeddingSettings
+from conf.streaming import ItemIndexSettings, UserEmbeddingSettings
 
 CONF_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = CONF_DIR.parent
@@ -320,6 +320,7 @@ class Settings(BaseSettings):
     model: ModelSettings
     threads: ThreadSettings
     user_embeddings: UserEmbeddingSettings
+    item_index: ItemIndexSettings
 
     @model_validator(mode="after")
     def _index_id_limit(self) -> Settings:

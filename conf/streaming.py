@@ -1,4 +1,4 @@
-"""Settings of the streaming jobs (conf/defaults.toml [user_embeddings]; kept beside settings.py)."""
+"""Settings of the streaming jobs (conf/defaults.toml [user_embeddings], [item_index]; kept beside settings.py)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,9 @@ class UserEmbeddingSettings(Section):
     trending_slide_s: int = Field(ge=1)
     trending_top_k: int = Field(ge=1)
     trending_max_delay_ms: int = Field(ge=0)
+
+
+class ItemIndexSettings(Section):
+    """The streaming item-index job (jobs/item_index.py, docs/streaming.md)."""
+
+    arrow_batch_size: int = Field(ge=1)

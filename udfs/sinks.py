@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from pyflink.datastream import ProcessFunction
@@ -34,6 +35,7 @@ from udfs.parse import DLQ_TAG
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Redis error replies that a wait fixes (the server is loading, busy, or failing over).
 TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
@@ -94,6 +96,38 @@ def write_or_dead_letter(write: Callable[[], Any], record: dict[str, Any], polic
         error = ContractError("$", f"{sink} rejected the write: {type(e).__name__}: {e}")
         return dead_letter(json.dumps(record, ensure_ascii=False), error, source_topic, stage=sink)
     return None
+
+
+def put_or_dead_letter(put: Callable[[list[R]], list[bool]], records: list[R],
+                       describe: Callable[[R], dict[str, Any]], policy: RetryPolicy, *, source_topic: str,
+                       sink: str) -> tuple[list[bool], list[str | None]]:
+    """One batched write (``put(records)``: the store's ``put_users``/``put_items``) under the sink
+    policy. Returns, per record, whether the store took it (False: a newer event was there) and its
+    dead letter (None unless the store refused it for good).
+
+    Transient errors are retried, then propagate (the task fails; the restart replays from the
+    checkpoint). Any other error refuses the whole batch: its records are then written one by one,
+    so only the ones the store refuses again become dead letters (``describe`` says what they carry;
+    the vectors are recomputable, so they are left out)."""
+    dead: list[str | None] = [None] * len(records)
+    try:
+        return call_with_retry(lambda: put(records), policy), dead
+    except Exception as e:
+        if is_transient(e):
+            raise
+        log.warning("%s refused a batch (%s: %s): writing its %d records one by one",
+                    sink, type(e).__name__, e, len(records))
+    results = []
+    for k, rec in enumerate(records):
+        got: list[bool] = []
+        dead[k] = write_or_dead_letter(partial(_put_one, put, rec, got), describe(rec), policy,
+                                       source_topic=source_topic, sink=sink)
+        results.append(bool(got and got[0]))
+    return results, dead
+
+
+def _put_one(put: Callable[[list[R]], list[bool]], rec: R, got: list[bool]) -> None:
+    got.extend(put([rec]))
 
 
 class RedisCountWriter(ProcessFunction):

@@ -28,14 +28,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recs.stores.base import EmbeddingStore, UserRecord
 from udfs.last_n import last_n
-from udfs.sinks import RetryPolicy, call_with_retry, write_or_dead_letter
+from udfs.sinks import RetryPolicy, call_with_retry, put_or_dead_letter
 
 if TYPE_CHECKING:
     from conf.settings import Settings
@@ -164,35 +163,18 @@ class UserTowerWriter:
 
     def _write(self, records: list[UserRecord], rows: list[int], dead: list[str | None],
                stats: BatchStats) -> None:
-        try:
-            results = call_with_retry(lambda: self.store.put_users(records), self.policy)
-        except Exception as e:
-            from udfs.sinks import is_transient
-
-            if is_transient(e):
-                raise                       # the task fails; the restart replays from the checkpoint
-            log.warning("%s refused a batch (%s: %s): writing its %d records one by one",
-                        self.sink, type(e).__name__, e, len(records))
-            results = []
-            for rec, b in zip(records, rows, strict=True):
-                got: list[bool] = []
-                dead[b] = write_or_dead_letter(partial(_put_one, self.store, rec, got), _describe(rec), self.policy,
-                                               source_topic=self.source_topic, sink=self.sink)
-                results.append(bool(got and got[0]))
-                stats.dead_letters += dead[b] is not None
+        results, refused = put_or_dead_letter(self.store.put_users, records, _describe, self.policy,
+                                              source_topic=self.source_topic, sink=self.sink)
         now = self.clock_ms()
-        for rec, b, ok in zip(records, rows, results, strict=True):
-            if dead[b] is not None:
-                continue
-            if ok:
+        for rec, b, ok, letter in zip(records, rows, results, refused, strict=True):
+            if letter is not None:
+                dead[b] = letter
+                stats.dead_letters += 1
+            elif ok:
                 stats.written += 1
                 stats.latencies_ms.append(float(now - rec.event_ts))
             else:
                 stats.stale += 1
-
-
-def _put_one(store: EmbeddingStore, rec: UserRecord, ok: list[bool]) -> None:
-    ok.extend(store.put_users([rec]))
 
 
 def _describe(rec: UserRecord) -> dict[str, object]:

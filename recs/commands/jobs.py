@@ -13,7 +13,7 @@ jobs_app = typer.Typer(help="Submit and manage the Flink jobs (cluster from sett
 
 @jobs_app.command("submit")
 def submit(
-    job: str = typer.Argument(..., help="Job name: user-embeddings | click-counts."),
+    job: str = typer.Argument(..., help="Job name: user-embeddings | item-index | click-counts."),
     parallelism: int = typer.Option(None, "--parallelism", "-p", help="Default: flink.parallelism."),
     from_savepoint: str = typer.Option(None, "--from-savepoint", "-s", help="Savepoint path to restore."),
 ) -> None:

@@ -26,6 +26,7 @@ from recs.local.flink_cluster import flink_home
 JOBS = {
     "click-counts": PROJECT_ROOT / "jobs" / "click_counts.py",
     "user-embeddings": PROJECT_ROOT / "jobs" / "user_embeddings.py",
+    "item-index": PROJECT_ROOT / "jobs" / "item_index.py",
 }
 
 

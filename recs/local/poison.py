@@ -1,6 +1,6 @@
 """A corpus of poison records: every malformed kind a Flink job must dead-letter without stopping.
 
-    from recs.local.poison import CLICK_POISON, interleave
+    from recs.local.poison import click_poison, listing_poison, interleave
 
 Each ``Poison`` is a raw Kafka value that the broker accepts and the contract rejects, with the
 field and a fragment of the reason the dead letter must carry. The two records of issue 8 (an
@@ -107,6 +107,50 @@ def click_poison(limits: ContractSettings) -> list[Poison]:
         Poison("user_id missing", _json({k: v for k, v in _click().items() if k != "user_id"}), "user_id",
                "missing required field"),
         Poison("user_id null", _json(_click(user_id=None)), "user_id", "must not be null"),
+    ]
+
+
+def _listing(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"item_id": "i-poison", "title": "red dress", "status": "active", "ts": TS,
+                           "category": "women", "attributes": {"size": "M"}, "price": 9.5}
+    doc.update(changes)
+    return doc
+
+
+def listing_poison(limits: ContractSettings) -> list[Poison]:
+    """The corpus for the listing contract: the record-level breaches every parser meets (bytes,
+    JSON syntax, numbers, nesting, size) and the listing's own fields."""
+    valid = _json(_listing())
+    nested = 5_000
+    return [
+        Poison("int of 5000 digits", valid.replace(b"9.5", b"9" * 5000), "$", "a number of 5000 characters"),
+        Poison("lone surrogate in item_id", valid.replace(b'"i-poison"', b'"i\\ud800"'), "item_id",
+               "lone surrogate"),
+        Poison("NaN price", valid.replace(b"9.5", b"NaN"), "$", "NaN is not a JSON number"),
+        Poison("bad UTF-8", b"\xff\xfe\x00 binary", "$", "not valid UTF-8 at byte 0"),
+        Poison("truncated JSON", valid[: len(valid) // 2], "$", "not valid JSON"),
+        Poison("empty value", b"", "$", "not valid JSON"),
+        Poison("BOM", b"\xef\xbb\xbf" + valid, "$", "byte order mark"),
+        Poison("duplicate key", valid.replace(b'{"item_id": "i-poison"', b'{"item_id": "a", "item_id": "b"'),
+               "$", "duplicate key 'item_id'"),
+        Poison("deep nesting", b"[" * nested + b"]" * nested, "$", "too deeply nested"),
+        Poison("huge record", _json(_listing(description="x" * limits.max_record_bytes)), "$",
+               f"limit {limits.max_record_bytes}"),
+        Poison("JSON null", b"null", "$", "expected a JSON object, got null"),
+        Poison("title missing", _json({k: v for k, v in _listing().items() if k != "title"}), "title",
+               "missing required field"),
+        Poison("title a number", _json(_listing(title=7)), "title", "expected a string, got integer"),
+        Poison("NUL in item_id", _json(_listing(item_id="i\x00")), "item_id", "control character U+0000"),
+        Poison("item_id too long", _json(_listing(item_id="i" * (limits.max_id_chars + 1))), "item_id",
+               f"limit {limits.max_id_chars}"),
+        Poison("status unknown", _json(_listing(status="sold")), "status", "'sold' is not one of"),
+        Poison("price negative", _json(_listing(price=-1)), "price", "must be a finite number >= 0"),
+        Poison("price a string", _json(_listing(price="cheap")), "price", "expected a number, got string"),
+        Poison("attributes a list", _json(_listing(attributes=["M"])), "attributes", "expected an object"),
+        Poison("attribute value an object", _json(_listing(attributes={"size": {"eu": 38}})), "attributes.size",
+               "expected a scalar"),
+        Poison("ts in seconds", _json(_listing(ts=TS // 1000)), "ts", "seconds instead of milliseconds"),
+        Poison("ts far in the future", _json(_listing(ts=4_102_444_800_000)), "ts", "in the future"),
     ]
 
 

@@ -20,7 +20,7 @@ from recs.contracts import (
 )
 from recs.dead_letters import dead_letter
 from recs.json_schema import json_schema
-from recs.local.poison import click_poison
+from recs.local.poison import click_poison, listing_poison
 
 LIMITS = load_settings().contracts
 # Any character, lone surrogates and controls included (hypothesis leaves surrogates out by default).
@@ -211,6 +211,15 @@ def test_item_embedding_round_trip_and_tombstone():
 def test_every_poison_record_is_a_contract_error_naming_field_and_reason(poison):
     with pytest.raises(ContractError) as err:
         parse_click(poison.raw, LIMITS, NOW)
+    assert (err.value.field, poison.reason in err.value.reason) == (poison.field, True), err.value.reason
+    assert not err.value.unexpected
+    _assert_dead_letter_encodes(poison.raw, err.value)
+
+
+@pytest.mark.parametrize("poison", listing_poison(LIMITS), ids=lambda p: p.name)
+def test_every_listing_poison_record_is_a_contract_error_naming_field_and_reason(poison):
+    with pytest.raises(ContractError) as err:
+        parse_listing(poison.raw, LIMITS, NOW)
     assert (err.value.field, poison.reason in err.value.reason) == (poison.field, True), err.value.reason
     assert not err.value.unexpected
     _assert_dead_letter_encodes(poison.raw, err.value)
