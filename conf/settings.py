@@ -139,6 +139,7 @@ class FlinkSettings(_Section):
     bundle_size: int = Field(ge=1)
     checkpoint_interval_ms: int = Field(ge=0)
     checkpoint_dir: str  # a path (relative: to the project root) or a URI every TaskManager reaches
+    source_start_ms: int = Field(ge=0)  # 0: the job's committed offsets; > 0: records from this time on
     startup_timeout_s: float = Field(gt=0)
     # Restart strategy every job is submitted with (jobs/flink_env.py): exponential delay, bounded.
     restart_attempts: int = Field(ge=0)

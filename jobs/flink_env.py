@@ -80,8 +80,9 @@ def kafka_options(settings: Settings, topic: str, group_id: str | None = None) -
     """Options of the Table API Kafka connector for ``topic``, values in the ``raw`` format.
 
     As a source (``group_id`` given) it resumes from the group's committed offsets, else the earliest
-    (``group-offsets`` + ``auto.offset.reset``); offsets are committed on each checkpoint and kept in
-    it. As a sink it is at-least-once (the producer flushes on each checkpoint)."""
+    (``group-offsets`` + ``auto.offset.reset``), or from ``flink.source_start_ms`` when set; offsets
+    are committed on each checkpoint and kept in it (a job restored from one ignores the start mode).
+    As a sink it is at-least-once (the producer flushes on each checkpoint)."""
     options = {
         "connector": "kafka",
         "topic": topic,
@@ -93,6 +94,9 @@ def kafka_options(settings: Settings, topic: str, group_id: str | None = None) -
         options |= {"properties.group.id": group_id, "properties.auto.offset.reset": "earliest",
                     "properties.fetch.max.wait.ms": str(settings.kafka.fetch_max_wait_ms),
                     "scan.startup.mode": "group-offsets", "scan.topic-partition-discovery.interval": "10 s"}
+        if settings.flink.source_start_ms:
+            options |= {"scan.startup.mode": "timestamp",
+                        "scan.startup.timestamp-millis": str(settings.flink.source_start_ms)}
     else:
         options["sink.delivery-guarantee"] = "at-least-once"
     return options

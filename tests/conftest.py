@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,16 +162,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 @pytest.fixture
 def flink_job(stack_settings: Settings):  # type: ignore[no-untyped-def]
-    """Factory: ``flink_job(settings, "user-embeddings")`` -> job id. The test's first job is submitted
-    once every slot of the test cluster is free; each job the test submitted is cancelled after it."""
+    """Factory: ``flink_job(settings, "user-embeddings", **submit_options)`` -> job id. The test's
+    first job is submitted once every slot of the test cluster is free; each job the test submitted
+    is cancelled after it."""
     from recs.local import flink_jobs
 
     submitted: list[tuple[Settings, str]] = []
 
-    def submit(settings: Settings, job: str) -> str:
+    def submit(settings: Settings, job: str, **options: Any) -> str:
         if not submitted:       # the test's own jobs share the cluster with each other
             flink_slots_free(settings)
-        submitted.append((settings, flink_jobs.submit(settings, job)))
+        submitted.append((settings, flink_jobs.submit(settings, job, **options)))
         return submitted[-1][1]
 
     yield submit

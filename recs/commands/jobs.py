@@ -28,10 +28,16 @@ def submit(
         raise typer.Exit(1) from None
 
 
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 @jobs_app.command("list")
 def list_() -> None:
-    """Jobs on the cluster: id, state, restarts, name, and the last exception of a job that failed."""
-    from recs.local.flink_jobs import FlinkError, job_health, list_jobs
+    """Jobs on the cluster: id, state, restarts, name; the last exception of a job that failed; uptime,
+    checkpoints (count, age and size of the last), records in, written to KV, dead letters."""
+    from recs.local.flink_jobs import FlinkError, job_activity, job_health, list_jobs
 
     settings = load_settings()
     try:
@@ -41,6 +47,12 @@ def list_() -> None:
             typer.echo(f"{h.job_id}  {h.state:<10} restarts={h.restarts:<3} {h.name}")
             if h.last_exception:
                 typer.echo(f"    last exception: {h.last_exception}")
+            a = job_activity(settings, j["jid"])
+            last = ("none yet" if a.last_checkpoint_age_s is None else
+                    f"last {_duration(a.last_checkpoint_age_s)} ago, {(a.last_checkpoint_bytes or 0) / 1e6:.1f} MB")
+            typer.echo(f"    up {_duration(a.uptime_s)}; checkpoints {a.checkpoints} ({last}; failed "
+                       f"{a.failed_checkpoints}); records in {a.records_in:,}, written {a.written:,}, "
+                       f"dead letters {a.dead_letters:,}")
     except FlinkError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -57,11 +69,19 @@ def cancel(job_id: str = typer.Argument(..., help="JobID from `recs jobs list`."
 
 @jobs_app.command("savepoint")
 def savepoint(job_id: str = typer.Argument(...), target: Path = typer.Option(Path("savepoints")),
-              stop: bool = typer.Option(False, help="Cancel the job after the savepoint.")) -> None:
-    """Trigger a savepoint into TARGET; prints the trigger id."""
+              stop: bool = typer.Option(False, help="Cancel the job after the savepoint."),
+              timeout_s: float = typer.Option(300, help="How long to wait for the savepoint.")) -> None:
+    """Take a savepoint into TARGET and print its location, for `recs jobs submit -s LOCATION`."""
+    from recs.local.flink_jobs import FlinkError, wait_savepoint
     from recs.local.flink_jobs import savepoint as do_savepoint
 
-    typer.echo(do_savepoint(load_settings(), job_id, target, cancel_job=stop))
+    settings = load_settings()
+    try:
+        trigger = do_savepoint(settings, job_id, target, cancel_job=stop)
+        typer.echo(wait_savepoint(settings, job_id, trigger, timeout_s))
+    except FlinkError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

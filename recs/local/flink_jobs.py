@@ -124,6 +124,47 @@ def job_health(settings: Settings, job_id: str) -> JobHealth:
     return JobHealth(job_id, str(job["name"]), str(job["state"]), restarts, last, at)
 
 
+@dataclass(frozen=True, slots=True)
+class JobActivity:
+    """The rest of what `recs jobs list` shows: is the job making progress, and is it checkpointing?"""
+
+    uptime_s: float
+    checkpoints: int                      # completed
+    failed_checkpoints: int
+    last_checkpoint_age_s: float | None   # None: none completed yet
+    last_checkpoint_bytes: int | None
+    records_in: int                       # every record the parser saw: valid, null, dead-lettered
+    written: int                          # records the job wrote to KV (recs.*_written)
+    dead_letters: int                     # parse and sink dead letters
+
+
+def job_activity(settings: Settings, job_id: str) -> JobActivity:
+    """Uptime and checkpoints (``/jobs/<id>``, ``/jobs/<id>/checkpoints``) and the job's own counters
+    (group ``recs``, summed over subtasks). Counters read 0 once a job has ended: the metric store
+    forgets it."""
+    job = _rest(settings, f"/jobs/{job_id}")
+    cp = _rest(settings, f"/jobs/{job_id}/checkpoints") or {}
+    counts = cp.get("counts") or {}
+    last = (cp.get("latest") or {}).get("completed") or None
+    now_ms = time.time() * 1000
+    m = metrics(settings, job_id) if job.get("state") == "RUNNING" else {}
+
+    def total(pred: Any) -> int:
+        return int(sum(v for k, v in m.items() if pred(k.split(".recs.", 1)[-1].removeprefix("recs."))))
+
+    dead = total(lambda n: (n.startswith("dead_letters.") and n != "dead_letters.unexpected")
+                 or n == "sink_dead_letters")
+    return JobActivity(
+        uptime_s=float(job.get("duration", 0)) / 1000,
+        checkpoints=int(counts.get("completed", 0)), failed_checkpoints=int(counts.get("failed", 0)),
+        last_checkpoint_age_s=(now_ms - float(last["latest_ack_timestamp"])) / 1000 if last else None,
+        last_checkpoint_bytes=int(last.get("checkpointed_size", last.get("state_size", 0))) if last else None,
+        records_in=total(lambda n: n in ("valid_records", "null_values") or
+                         (n.startswith("dead_letters.") and n != "dead_letters.unexpected")),
+        written=total(lambda n: n.endswith("_written")),
+        dead_letters=dead)
+
+
 def job_status(settings: Settings, job_id: str) -> str:
     return str(_rest(settings, f"/jobs/{job_id}")["state"])
 
@@ -141,10 +182,26 @@ def cancel(settings: Settings, job_id: str, wait_s: float = 0) -> str:
 
 
 def savepoint(settings: Settings, job_id: str, target_dir: Path, cancel_job: bool = False) -> str:
-    """Trigger a savepoint; returns the trigger id (poll /jobs/<id>/savepoints/<trigger>)."""
+    """Trigger a savepoint; returns the trigger id (``wait_savepoint`` gives its location)."""
     res = _rest(settings, f"/jobs/{job_id}/savepoints", method="POST",
                 body={"target-directory": target_dir.resolve().as_uri(), "cancel-job": cancel_job})
     return str(res["request-id"])
+
+
+def wait_savepoint(settings: Settings, job_id: str, trigger: str, timeout_s: float = 120) -> str:
+    """Wait for a triggered savepoint; returns its location (what ``submit(from_savepoint=)`` takes).
+    Raises FlinkError with Flink's reason when it failed, or when it is not done within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        res = _rest(settings, f"/jobs/{job_id}/savepoints/{trigger}")
+        if res["status"]["id"] == "COMPLETED":
+            op = res.get("operation") or {}
+            if "location" in op:
+                return str(op["location"])
+            raise FlinkError(f"savepoint of {job_id} failed: {_cause(str(op.get('failure-cause', op)))}")
+        if time.monotonic() > deadline:
+            raise FlinkError(f"savepoint of {job_id} not done after {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def metrics(settings: Settings, job_id: str, vertex_filter: str = "") -> dict[str, float]:

@@ -20,12 +20,14 @@ import time
 import numpy as np
 import pytest
 from confluent_kafka import Producer
+from typer.testing import CliRunner
 
-from conf.settings import with_overrides
+from conf.settings import to_env, with_overrides
 from index.ann import ItemIndex
 from index.feeder import Feeder
 from models.artifact import load_artifact
 from models.export import export_untrained
+from recs.cli import app
 from recs.contracts import Click, Listing
 from recs.local import flink_jobs as flink
 from recs.local.broker import create_topics, read_topic
@@ -87,7 +89,8 @@ def _feed(s, model_version, expect):
     return feeder.index
 
 
-def test_listings_reach_kv_topic_and_index_poison_is_dead_lettered(stack_settings, artifact_dir, flink_job):
+def test_listings_reach_kv_topic_and_index_poison_is_dead_lettered(stack_settings, artifact_dir, flink_job,
+                                                                   monkeypatch):
     s = _settings(stack_settings, artifact_dir, "ix-poison")
     art = load_artifact(s.model.artifact_dir)
     rng = random.Random(SEED)
@@ -102,6 +105,8 @@ def test_listings_reach_kv_topic_and_index_poison_is_dead_lettered(stack_setting
     corpus = listing_poison(s.contracts)
     values = list(interleave([e.to_json().encode() for e in events], [x.raw for x in corpus], SEED))
     job = flink_job(s, "item-index")
+    # keyed by position, not item_id: an item's events cross partitions and arrive out of order, and
+    # the event-time rules (KV, index) must still end at each item's newest event
     _produce(s, s.kafka.topics.listings, [(f"k{i}".encode(), v) for i, v in enumerate(values)]
              + [(b"tombstone", None)])
 
@@ -148,6 +153,22 @@ def test_listings_reach_kv_topic_and_index_poison_is_dead_lettered(stack_setting
     assert m["valid_records"] == len(events) and m["null_values"] == 1
     assert sum(v for k, v in m.items() if k.startswith("dead:") and k != "dead:unexpected") == len(corpus)
     assert m["items_removed"] == 21 and m["items_embedded"] == len(events) - 21
+
+    # what `recs jobs list` shows of it
+    a = wait_for(lambda: (lambda a: a if a.checkpoints >= 1 else None)(flink.job_activity(s, job)), 60,
+                 "a completed checkpoint")
+    assert a.uptime_s > 0 and a.last_checkpoint_bytes is not None and a.last_checkpoint_age_s is not None
+    assert (a.records_in, a.dead_letters) == (len(events) + len(corpus) + 1, len(corpus))
+    assert a.written == m["item_records_written"] > 0
+    for key, value in to_env(s).items():  # `recs jobs list` reads its settings from RECS_* variables
+        monkeypatch.setenv(key, value)
+    out = CliRunner().invoke(app, ["jobs", "list"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(job))
+    assert "RUNNING" in lines[row] and "item_index" in lines[row]
+    assert f"records in {len(events) + len(corpus) + 1:,}" in lines[row + 1], lines[row + 1]
+    assert f"dead letters {len(corpus):,}" in lines[row + 1] and "checkpoints " in lines[row + 1]
 
 
 def _wait_jobs(s, jobs, check, timeout_s, what):
