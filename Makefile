@@ -87,10 +87,11 @@ bench-serving: setup ## ANN recall/QPS vs peers and the read path under load -> 
 bench-soak: setup ## steady mixed load against real Redis + index server + HTTP backend (20 min) -> bench/results/soak.json
 	$(PY) bench/soak.py
 
-bench-stream: setup java ## Flink user-embedding job vs a plain Python consumer by rate, design ablation, freshness probe -> bench/results/stream.json
+bench-stream: setup java ## Flink user-embedding job vs a plain Python consumer by rate, design ablation, freshness probe; item-index job listing -> searchable by rate -> bench/results/stream.json
 	$(PY) bench/stream.py
 	$(PY) bench/stream.py --designs --systems flink-vectorized,flink-async,flink-datastream --rates 2000
 	$(PY) bench/freshness.py --rate 1000 --seconds 60 --probes 60
+	$(PY) bench/listings.py
 	$(PY) bench/report.py
 
 constraints: ## re-freeze constraints.txt from the current venv (after changing pyproject.toml)

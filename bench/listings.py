@@ -1,6 +1,6 @@
 """Listings benchmark: the item-index job into the live index service while it serves searches (issue 11).
 
-    .venv/bin/python bench/listings.py                     # rates 50,200,1000,3000 -> bench/results/stream.json
+    .venv/bin/python bench/listings.py                     # rates 50,200,500,1000,3000 -> bench/results/stream.json
     .venv/bin/python bench/listings.py --rates 100 --seconds 5 --out /tmp/listings.json   # smoke run
 
 Per rate, on a temporary stack (broker, Redis, Flink on free loopback ports; bench/stream.py
@@ -11,18 +11,21 @@ same time for ``--seconds``:
 - a paced producer (absolute schedule): new listings with ts = send time, keyed by item_id, titles
   from the catalogue's own titles (``--data``); every ``--remove-every``-th listing is removed again
   ``--remove-after-s`` later (a removal event with its own send time);
-- a watcher asks the service over gRPC (``lookup``) every ``--poll-ms`` for every pending id:
+- a watcher asks the service over gRPC (``lookup``, 2 s deadline) every ``--poll-ms`` for every pending id:
   *visible* = the first answer True for a new listing, *gone* = the first answer False after its
-  removal; latency = that wall time minus the event's ts (= its send time);
-- a searcher sends one k = 10 search at a time over gRPC, back to back: the service's search p99
-  while the stream is applied.
+  removal, for a listing seen visible before (one never seen cannot be timed: ``removed_untimed``);
+  latency = that wall time minus the event's ts (= its send time);
+- a searcher sends one k = 10 search at a time over gRPC, back to back, with the serving path's
+  deadline (``index.client_deadline_ms``): the service's search p50/p99 while the stream is
+  applied, and the searches past the deadline (``search_errors``).
 After the step: every listing still pending counts as censored at the end of the drain (a lower
 bound); a sample of visible listings is searched by its own vector (read from KV ``item:{id}``):
-the top 10 must hold it, and no removed listing may be in any answer.
+the top 10 must hold it, and no listing shown removed may be in any answer.
 
 Keys written into ``--out`` (the rest of the file is kept): ``listing_visible_p99_ms``,
 ``listing_removed_p99_ms`` (at the highest rate whose visible p99 is under 2 s, else the lowest),
-``item_index_max_rate_p99_under_2s``, and ``item_index`` (per rate: achieved listings/s, p50/p99/max
+``item_index_max_rate_p99_under_2s``, and ``item_index`` (per rate: achieved events/s = listings and
+removals shown by the service over the time from the first send to the last one shown, p50/p99/max
 visible and gone, search p50/p99, censored counts; the settings used).
 """
 
@@ -38,6 +41,7 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +54,7 @@ from conf.settings import PROJECT_ROOT, Settings, load_settings, with_overrides 
 
 log = logging.getLogger("bench.listings")
 RESULTS = PROJECT_ROOT / "bench" / "results"
-DEFAULT_RATES = (50, 200, 1000, 3000)
+DEFAULT_RATES = (50, 200, 500, 1000, 3000)
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -71,6 +75,7 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
 
     from index.ann import ItemIndex
     from index.client import GrpcIndexClient
+    from index.errors import IndexUnavailable
     from index.feeder import Feeder
     from index.server import IndexServer
     from models.artifact import load_artifact
@@ -96,7 +101,9 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
     stop = threading.Event()
     feed = threading.Thread(target=feeder.run, args=(stop,), name="feeder", daemon=True)
     feed.start()
-    client = GrpcIndexClient(s.index, [[f"127.0.0.1:{server.port}"]])
+    address = [[f"127.0.0.1:{server.port}"]]
+    client = GrpcIndexClient(s.index, address)          # the serving path's deadline (index.client_deadline_ms)
+    watcher = GrpcIndexClient(with_overrides(s, index={"client_deadline_ms": 2000}).index, address)
     job = flink_jobs.submit(s, "item-index")
     store = open_store(s)
     producer = Producer({**s.kafka.client_config(), "linger.ms": 5})
@@ -125,15 +132,25 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
         searches: list[float] = []
         done = threading.Event()
 
+        errors = {"lookup": 0, "search": 0}
+        chunk = s.index.max_batch * 16                    # the service's limit on ids in one lookup
+
         def watch() -> None:
             while not done.is_set():
                 with lock:
-                    pending = [k for k in sent if k not in seen]
-                if pending:
-                    found = client.lookup([i for i, _ in pending])
+                    # a removal is watched once its listing was seen visible: absent before that
+                    # says nothing about the removal (the listing may not have arrived yet)
+                    pending = [k for k in sent if k not in seen and (k[1] == "active" or (k[0], "active") in seen)]
+                for lo in range(0, len(pending), chunk):
+                    part = pending[lo:lo + chunk]
+                    try:
+                        found = watcher.lookup([i for i, _ in part])
+                    except IndexUnavailable:
+                        errors["lookup"] += 1             # asked again at the next poll
+                        continue
                     now = int(time.time() * 1000)
                     with lock:
-                        for (item, status), ok in zip(pending, found, strict=True):
+                        for (item, status), ok in zip(part, found, strict=True):
                             if ok == (status == "active"):
                                 seen[(item, status)] = now
                 time.sleep(args.poll_ms / 1000)
@@ -143,7 +160,11 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
             while not done.is_set():
                 q = rng.standard_normal((1, art.dim)).astype(np.float32)
                 t = time.perf_counter()
-                client.search(q, 10)
+                try:
+                    client.search(q, 10)
+                except IndexUnavailable:
+                    errors["search"] += 1                 # past the serving deadline: counted, not timed
+                    continue
                 searches.append((time.perf_counter() - t) * 1000)
 
         threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=search, daemon=True)]
@@ -173,19 +194,27 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
             t.join(5)
         scan = int(time.time() * 1000)
         visible = [seen.get(k, scan) - ts for k, ts in sent.items() if k[1] == "active"]
-        gone = [seen.get(k, scan) - ts for k, ts in sent.items() if k[1] == "removed"]
-        censored = {st: sum(1 for k in sent if k[1] == st and k not in seen) for st in ("active", "removed")}
+        # a removal whose listing was never seen visible cannot be timed: left out, and counted
+        gone = [seen.get(k, scan) - ts for k, ts in sent.items() if k[1] == "removed" and (k[0], "active") in seen]
+        censored = {"active": sum(1 for k in sent if k[1] == "active" and k not in seen),
+                    "removed": sum(1 for k in sent if k[1] == "removed" and (k[0], "active") in seen and k not in seen),
+                    "removed_untimed": sum(1 for k in sent if k[1] == "removed" and (k[0], "active") not in seen)}
         last_seen = max(seen.values(), default=scan)
         first_sent = min(sent.values())
 
         # searchable, not only present: a sample searched by its own vector; removed ones in no answer
-        removed = {i for i, st in sent if st == "removed"}
-        live = [i for i, st in sent if st == "active" and i not in removed and (i, st) in seen]
+        removed = {i for i, st in sent if st == "removed" and (i, st) in seen}    # shown gone by the service
+        # titles repeat when the step lists more than the catalogue holds: equal vectors tie, so only
+        # listings with a title of their own are expected in their own top 10
+        title_of = {e[1]: e[3] for e in events}
+        repeats = {t for t, c in Counter(title_of.values()).items() if c > 1}
+        live = [i for i, st in sent if st == "active" and i not in removed and (i, st) in seen
+                and title_of[i] not in repeats]
         sample = random.Random(args.seed).sample(live, min(50, len(live)))
         vecs = [v.embedding for v in store.get_items(sample) if v is not None and v.embedding is not None]
         found_self = leaked = 0
         if vecs:
-            answers = client.search(np.stack(vecs), 10)
+            answers = watcher.search(np.stack(vecs), 10)
             found_self = sum(i in ids for i, (ids, _) in zip(sample, answers, strict=False))
             leaked = sum(len(removed & set(ids)) for ids, _ in answers)
         health = flink_jobs.job_health(s, job)
@@ -198,6 +227,7 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
             "removed_p50_ms": _pct(gone, 50), "removed_p99_ms": _pct(gone, 99), "removed_max_ms": _pct(gone, 100),
             "censored": censored,
             "search_p50_ms": _pct(searches, 50), "search_p99_ms": _pct(searches, 99), "searches": len(searches),
+            "search_errors": errors["search"], "lookup_errors": errors["lookup"],
             "sample_found_by_own_vector": f"{found_self}/{len(vecs)}", "removed_in_answers": leaked,
             "job": {"state": health.state, "restarts": health.restarts},
         }
@@ -208,6 +238,7 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
         feed.join(10)
         feeder.close()
         client.close()
+        watcher.close()
         server.stop(0)
         store.close()
         for name in (topics["listings"], topics["listings_dlq"], topics["item_embeddings"]):

@@ -208,6 +208,23 @@ def stream_section(d: dict[str, Any]) -> list[str]:
         rows += [f"| {x['design']} | {_fmt(x['offered_per_s'])} | {_fmt(x.get('achieved_per_s'), 0)} | "
                  f"{_fmt(x.get('p50_ms'), 0)} | {_fmt(x.get('p99_ms'), 0)} | {_fmt(x.get('mean_batch'), 1)} | "
                  f"{_fmt(x.get('cpu_percent'), 0)} |" for x in designs]
+    ix = d.get("item_index")
+    if ix:
+        cfg = ix.get("config", {})
+        rows += ["", f"**Streaming listings into the live index** (`bench/listings.py`): the item-index job → "
+                 f"item_embeddings → the index service's feeder ({ix.get('settings', {}).get('index_kind')}), "
+                 f"{cfg.get('seconds')} s a rate, every {cfg.get('remove_every')}th listing removed "
+                 f"{cfg.get('remove_after_s')} s later; latency = first gRPC lookup that shows it − event ts; "
+                 "search = one k = 10 query at a time during the stream", "",
+                 "| offered listings/s | achieved events/s (listings + removals shown) | visible p50 / p99 ms | "
+                 "removed p50 / p99 ms | search p50 / p99 ms |",
+                 "|---:|---:|---:|---:|---:|"]
+        rows += [f"| {_fmt(x['offered_per_s'])} | {_fmt(x['achieved_per_s'], 0)} | {_fmt(x['visible_p50_ms'], 0)} / "
+                 f"{_fmt(x['visible_p99_ms'], 0)} | {_fmt(x['removed_p50_ms'], 0)} / {_fmt(x['removed_p99_ms'], 0)} | "
+                 f"{_fmt(x['search_p50_ms'], 1)} / {_fmt(x['search_p99_ms'], 1)} |" for x in ix["by_rate"]]
+        rows += ["", f"Highest rate with visible p99 < 2 s: {_fmt(d.get('item_index_max_rate_p99_under_2s'))}/s "
+                 f"(visible p99 {_fmt(d.get('listing_visible_p99_ms'), 0)} ms, removed p99 "
+                 f"{_fmt(d.get('listing_removed_p99_ms'), 0)} ms)"]
     return rows
 
 
