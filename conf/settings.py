@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from conf.section import Section
-from conf.streaming import ItemIndexSettings, UserEmbeddingSettings
+from conf.streaming import FlinkSettings, ItemIndexSettings, UserEmbeddingSettings
 
 CONF_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = CONF_DIR.parent
@@ -122,37 +122,6 @@ class KVSettings(_Section):
     key_prefix: str
     user_ttl_s: int = Field(ge=0)
     embedding_dtype: Literal["float32", "float16"]
-
-
-class FlinkSettings(_Section):
-    """Where jobs are submitted and how the embedded standalone cluster is sized."""
-
-    jobmanager_host: str
-    rest_port: int = Field(gt=0, lt=65536)
-    rpc_port: int = Field(gt=0, lt=65536)
-    taskmanager_slots: int = Field(ge=1)
-    taskmanager_memory: str
-    jobmanager_memory: str
-    parallelism: int = Field(ge=1)
-    python_execution_mode: Literal["process", "thread"]
-    bundle_time_ms: int = Field(ge=1)
-    bundle_size: int = Field(ge=1)
-    checkpoint_interval_ms: int = Field(ge=0)
-    checkpoint_dir: str  # a path (relative: to the project root) or a URI every TaskManager reaches
-    source_start_ms: int = Field(ge=0)  # 0: the job's committed offsets; > 0: records from this time on
-    startup_timeout_s: float = Field(gt=0)
-    # Restart strategy every job is submitted with (jobs/flink_env.py): exponential delay, bounded.
-    restart_attempts: int = Field(ge=0)
-    restart_initial_delay_ms: int = Field(gt=0)
-    restart_max_delay_ms: int = Field(gt=0)
-    # Sinks (udfs/sinks.py): transient errors are retried with doubling backoff, bounded.
-    sink_retries: int = Field(ge=0)
-    sink_backoff_ms: int = Field(ge=0)
-    sink_max_backoff_ms: int = Field(ge=0)
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://{self.jobmanager_host}:{self.rest_port}"
 
 
 class ContractSettings(_Section):

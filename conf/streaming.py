@@ -1,4 +1,5 @@
-"""Settings of the streaming jobs (conf/defaults.toml [user_embeddings], [item_index]; kept beside settings.py)."""
+"""Settings of the streaming jobs (conf/defaults.toml [flink], [user_embeddings], [item_index]; kept beside
+settings.py, which gathers them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,41 @@ from typing import Literal
 from pydantic import Field
 
 from conf.section import Section
+
+
+class FlinkSettings(Section):
+    """Where jobs are submitted and how the embedded standalone cluster is sized."""
+
+    jobmanager_host: str
+    rest_port: int = Field(gt=0, lt=65536)
+    rpc_port: int = Field(gt=0, lt=65536)
+    taskmanager_slots: int = Field(ge=1)
+    taskmanager_memory: str
+    jobmanager_memory: str
+    parallelism: int = Field(ge=1)
+    python_execution_mode: Literal["process", "thread"]
+    bundle_time_ms: int = Field(ge=1)
+    bundle_size: int = Field(ge=1)
+    checkpoint_interval_ms: int = Field(ge=0)
+    checkpoint_dir: str  # a path (relative: to the project root) or a URI every TaskManager reaches
+    source_start_ms: int = Field(ge=0)  # 0: the job's committed offsets; > 0: records from this time on
+    # A bounded run over a range of the topic (`recs replay`): "partition:0,offset:42;partition:1,offset:7"
+    # to start at and to stop before; empty = the stream as above. A bounded run commits no offsets.
+    source_offsets: str = ""
+    source_stop_offsets: str = ""
+    startup_timeout_s: float = Field(gt=0)
+    # Restart strategy every job is submitted with (jobs/flink_env.py): exponential delay, bounded.
+    restart_attempts: int = Field(ge=0)
+    restart_initial_delay_ms: int = Field(gt=0)
+    restart_max_delay_ms: int = Field(gt=0)
+    # Sinks (udfs/sinks.py): transient errors are retried with doubling backoff, bounded.
+    sink_retries: int = Field(ge=0)
+    sink_backoff_ms: int = Field(ge=0)
+    sink_max_backoff_ms: int = Field(ge=0)
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.jobmanager_host}:{self.rest_port}"
 
 
 class UserEmbeddingSettings(Section):

@@ -97,6 +97,13 @@ def kafka_options(settings: Settings, topic: str, group_id: str | None = None) -
         if settings.flink.source_start_ms:
             options |= {"scan.startup.mode": "timestamp",
                         "scan.startup.timestamp-millis": str(settings.flink.source_start_ms)}
+        if settings.flink.source_offsets:       # a replay: exact offsets found by recs/local/replay.py
+            options |= {"scan.startup.mode": "specific-offsets",
+                        "scan.startup.specific-offsets": settings.flink.source_offsets}
+        if settings.flink.source_stop_offsets:
+            options |= {"scan.bounded.mode": "specific-offsets",
+                        "scan.bounded.specific-offsets": settings.flink.source_stop_offsets,
+                        "properties.commit.offsets.on.checkpoint": "false"}   # the live job's offsets stay
     else:
         options["sink.delivery-guarantee"] = "at-least-once"
     return options

@@ -39,6 +39,7 @@ _COMMAND_MODULES = (
     "recs.commands.jobs",
     "recs.commands.serving",   # serve, recommend
     "recs.commands.probe",     # probe freshness
+    "recs.commands.replay",    # replay clicks|listings
     "models.cli",              # train, eval, export
     "index.cli",               # index serve, index stats
 )

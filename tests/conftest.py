@@ -7,6 +7,7 @@ folder of their own, so a developer's `make up` stack (default ports) is never t
     stack_settings  broker + Redis + Flink cluster -> conf.settings.Settings
     start_index_server  factory: a real gRPC index server on loopback -> (IndexServer, address)
     flink_job       factory: submit a job to the test cluster once every slot is free; cancelled after
+    flink_ready     stack_settings, once every slot of the test cluster is free
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from recs.local.stack import Stack
 # `slow` when it uses a fixture that trains a model; tests that start a server in their body carry
 # the marker themselves.
 SERVICE_FIXTURES = frozenset({"redis_settings", "kafka_settings", "stack_settings", "redis_client", "flink_job",
-                              "start_index_server", "index_server", "index_client", "store", "kafka_topic", "produce"})
+                              "flink_ready", "start_index_server", "index_server", "index_client", "store",
+                              "kafka_topic", "produce"})
 SLOW_FIXTURES = frozenset({"trained", "artifact_dir"})
 
 
@@ -149,13 +151,22 @@ def flink_slots_free(settings: Settings, timeout_s: float = 120.0) -> None:
         time.sleep(1.0)
 
 
+@pytest.fixture
+def flink_ready(stack_settings: Settings) -> Settings:
+    """The stack's settings, once the test cluster has every slot free (for tests that submit jobs
+    through other code than ``flink_job``, e.g. `recs replay`)."""
+    flink_slots_free(stack_settings)
+    return stack_settings
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """A failed test that ran Flink jobs says what the cluster looked like, and what its log ends with."""
     outcome = yield
     report = outcome.get_result()
     settings = getattr(item, "funcargs", {}).get("stack_settings")
-    if report.failed and "flink_job" in getattr(item, "fixturenames", ()) and settings is not None:
+    uses_flink = {"flink_job", "flink_ready"} & set(getattr(item, "fixturenames", ()))
+    if report.failed and uses_flink and settings is not None:
         fl = Flink(settings)
         report.sections.append(("flink cluster", f"{fl.detail()}\n{_flink_log_tail(fl)}"))
 
