@@ -21,7 +21,7 @@ from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
-from pyflink.table import StreamTableEnvironment
+from pyflink.table import StatementSet, StreamTableEnvironment
 
 from conf.settings import PROJECT_ROOT, FlinkSettings, Settings
 
@@ -149,3 +149,12 @@ def kafka_string_sink(settings: Settings, topic: str) -> KafkaSink:
     for key, value in settings.kafka.java_properties().items():
         builder = builder.set_property(key, value)
     return builder.build()
+
+
+def run_or_explain(job: StatementSet) -> None:
+    """A job script's ``main()``: execute the job (what `recs jobs submit` runs), or with
+    ``--explain`` print its optimized plan instead."""
+    if "--explain" in sys.argv:
+        print(job.explain())
+    else:
+        job.execute()

@@ -31,7 +31,7 @@ from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironmen
 from pyflink.table.udf import udf
 
 from conf import Settings, load_settings
-from jobs.flink_env import create_kafka_table, kafka_options, make_env
+from jobs.flink_env import create_kafka_table, kafka_options, make_env, run_or_explain
 from udfs.user_embedding import PARSED, EmbedUsers, EmbedUsersAsync, ParseClicks, WriteTrending
 
 GROUP_ID = "user-embeddings"
@@ -143,15 +143,8 @@ def statements(settings: Settings) -> StatementSet:
 
 
 def main() -> None:
-    """``python jobs/user_embeddings.py`` (what `recs jobs submit` runs); ``--explain`` prints the
-    optimized plan instead of running it."""
-    import sys
-
-    job = statements(load_settings())
-    if "--explain" in sys.argv:
-        print(job.explain())
-    else:
-        job.execute()
+    """``python jobs/user_embeddings.py`` (what `recs jobs submit` runs); ``--explain`` prints the plan."""
+    run_or_explain(statements(load_settings()))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ listing_to_kv_p50_ms / p99 / max over the writes of the last ``LATENCY_WINDOW_S`
 from __future__ import annotations
 
 import logging
-import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +32,7 @@ from pyflink.table.udf import ScalarFunction
 from recs.contracts import ContractError, Listing, parse_or_error
 from recs.dead_letters import dead_letter
 from udfs.item_tower import ItemBatchStats, ItemTowerWriter
+from udfs.latency import RecentLatencies
 from udfs.parse import DeadLetterCounters
 
 if TYPE_CHECKING:
@@ -72,9 +71,8 @@ class IndexListings(ScalarFunction):
             "valid_records", "null_values", "items_embedded", "items_removed", "item_records_written",
             "stale_writes", "sink_dead_letters", "batches", "batch_rows")}
         self._dead = DeadLetterCounters(g)
-        self._recent: deque[tuple[float, float]] = deque()   # (monotonic time, latency ms)
-        for q, name in ((50, "listing_to_kv_p50_ms"), (99, "listing_to_kv_p99_ms"), (100, "listing_to_kv_max_ms")):
-            g.gauge(name, lambda q=q: self._latency(q))
+        self._recent = RecentLatencies(LATENCY_WINDOW_S)
+        self._recent.register(g, "listing_to_kv")
 
     def eval(self, values: pd.Series) -> pd.DataFrame:
         n = len(values)
@@ -109,11 +107,6 @@ class IndexListings(ScalarFunction):
         self._record(result.stats)
         return pd.DataFrame({"item_id": ids, "value": out, "ts": np.asarray(tss, np.int64), "dead": dead})
 
-    def _latency(self, q: float) -> int:
-        cutoff = time.monotonic() - LATENCY_WINDOW_S
-        recent = [ms for t, ms in list(self._recent) if t >= cutoff]
-        return int(np.percentile(recent, q)) if recent else 0
-
     def _record(self, stats: ItemBatchStats) -> None:
         c = self._counters
         c["items_embedded"].inc(stats.embedded)
@@ -123,10 +116,7 @@ class IndexListings(ScalarFunction):
         c["sink_dead_letters"].inc(stats.dead_letters)
         c["batches"].inc(1)
         c["batch_rows"].inc(stats.size)
-        now = time.monotonic()
-        self._recent.extend((now, ms) for ms in stats.latencies_ms)
-        while self._recent and self._recent[0][0] < now - LATENCY_WINDOW_S:
-            self._recent.popleft()
+        self._recent.add(stats.latencies_ms)
 
     def close(self) -> None:
         store = getattr(self, "store", None)

@@ -24,7 +24,6 @@ the writes of the last ``LATENCY_WINDOW_S`` seconds (event time of the newest cl
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from pyflink.table.udf import AsyncScalarFunction, ScalarFunction
 from recs.contracts import Click, ContractError, parse_or_error
 from recs.dead_letters import dead_letter
 from udfs.batcher import MicroBatcher
+from udfs.latency import RecentLatencies
 from udfs.parse import DeadLetterCounters
 from udfs.user_tower import BatchStats, UserTowerWriter, UserWindow
 
@@ -116,14 +116,11 @@ class _Embedder:
         self._counters = {name: g.counter(name) for name in (
             "user_records_written", "stale_writes", "unknown_items", "no_known_items", "sink_dead_letters",
             "batches", "batch_rows")}
-        self._recent: deque[tuple[float, float]] = deque()   # (monotonic time, latency ms)
-        for q, name in ((50, "click_to_kv_p50_ms"), (99, "click_to_kv_p99_ms"), (100, "click_to_kv_max_ms")):
-            g.gauge(name, lambda q=q: self._latency(q))
+        self._recent = RecentLatencies(LATENCY_WINDOW_S)
+        self._recent.register(g, "click_to_kv", self._latency)
 
     def _latency(self, q: float) -> int:
-        cutoff = time.monotonic() - LATENCY_WINDOW_S
-        recent = [ms for t, ms in list(self._recent) if t >= cutoff]
-        return int(np.percentile(recent, q)) if recent else 0
+        return self._recent.percentile(q)
 
     def _record(self, stats: BatchStats) -> None:
         c = self._counters
@@ -134,10 +131,7 @@ class _Embedder:
         c["sink_dead_letters"].inc(stats.dead_letters)
         c["batches"].inc(1)
         c["batch_rows"].inc(stats.size)
-        now = time.monotonic()
-        self._recent.extend((now, ms) for ms in stats.latencies_ms)
-        while self._recent and self._recent[0][0] < now - LATENCY_WINDOW_S:
-            self._recent.popleft()
+        self._recent.add(stats.latencies_ms)
 
     def _run(self, windows: Sequence[UserWindow]) -> list[str | None]:
         out = self.writer.process(windows)

@@ -16,6 +16,7 @@ from conf import load_settings
 from recs.stores.base import ItemVector, UserRecord
 from udfs.batcher import MicroBatcher
 from udfs.last_n import last_n
+from udfs.latency import RecentLatencies
 from udfs.sinks import RetryPolicy
 from udfs.user_embedding import EmbedUsersAsync, top_k_counts
 from udfs.user_tower import BatchStats, ItemVectorCache, UserTowerWriter, UserWindow
@@ -214,7 +215,7 @@ def test_async_udf_counts_batches_on_the_thread_that_reads_its_gauges():
     # Beam drops a counter update made outside the bundle's thread: the batch thread only queues stats
     fn = EmbedUsersAsync(load_settings())
     fn._pending = deque()
-    fn._recent = deque()
+    fn._recent = RecentLatencies()
     fn._counters = {name: _ThreadCounter() for name in (
         "user_records_written", "stale_writes", "unknown_items", "no_known_items", "sink_dead_letters",
         "batches", "batch_rows")}
