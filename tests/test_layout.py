@@ -97,10 +97,16 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if len(comp) > 1:
                 out.append(sorted(comp))
 
-    sys.setrecursionlimit(max(10_000, sys.getrecursionlimit()))
-    for v in graph:
-        if v not in index:
-            strong(v)
+    # Raised for the walk only: the contract parser's nesting guard relies on the default limit
+    # (tests/recs/test_contracts.py "deep nesting" fails after this test if it is left raised).
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(10_000, limit))
+    try:
+        for v in graph:
+            if v not in index:
+                strong(v)
+    finally:
+        sys.setrecursionlimit(limit)
     return out
 
 
