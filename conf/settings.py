@@ -33,6 +33,7 @@ from pydantic_settings import (
 
 from conf.section import Section
 from conf.streaming import FlinkSettings, ItemIndexSettings, UserEmbeddingSettings
+from conf.versions import VersionLane, lane_overrides
 
 CONF_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = CONF_DIR.parent
@@ -175,6 +176,8 @@ class ModelSettings(_Section):
     max_train_minutes: float = Field(gt=0)
     seed: int
     threads: int = Field(ge=1)
+    version: str = ""   # "" = whatever artifact_dir holds; set by a version lane (conf/versions.py): the artifact
+                        # must be this version, and the jobs' consumer groups carry it
 
 
 class IndexSettings(_Section):
@@ -250,6 +253,7 @@ class ServeSettings(_Section):
     trending_size: int = Field(ge=1)
     header_timeout_s: float = Field(gt=0)
     docs: bool
+    model_version: str = ""   # the switch: the version lane ([versions]) the read path serves; "" = live settings
 
 
 class RoleThreads(_Section):
@@ -291,6 +295,7 @@ class Settings(BaseSettings):
     threads: ThreadSettings
     user_embeddings: UserEmbeddingSettings
     item_index: ItemIndexSettings
+    versions: dict[str, VersionLane] = {}
 
     @model_validator(mode="after")
     def _index_id_limit(self) -> Settings:
@@ -340,6 +345,9 @@ def to_env(settings: Settings) -> dict[str, str]:
     the variables go to the child's environment only."""
     env: dict[str, str] = {}
     for section_name, section in settings:
+        if isinstance(section, dict):       # [versions]: one JSON variable
+            env[f"RECS_{section_name.upper()}"] = json.dumps({k: v.model_dump(mode="json") for k, v in section.items()})
+            continue
         for name, value in section:
             if value is None:
                 continue
@@ -368,3 +376,8 @@ def with_overrides(settings: Settings, **sections: dict[str, object]) -> Setting
     for section, fields in sections.items():
         data[section].update(fields)
     return Settings.model_validate(data)
+
+
+def for_version(settings: Settings, version: str) -> Settings:
+    """``settings`` moved into the lane of model ``version`` (conf/versions.py); "" = unchanged."""
+    return with_overrides(settings, **lane_overrides(settings, version)) if version else settings

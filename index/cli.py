@@ -2,6 +2,7 @@
 
     recs index serve                      # restore the latest snapshot, replay item_embeddings, serve gRPC
     recs index serve --no-feed --kind Flat --port 50052
+    recs index serve --model-version tt-0123abcd4567   # a new version's own index (conf/versions.py)
     recs index stats                      # Stats of every replica in index.shards
 
 Settings are loaded here, at the edge, and passed into constructors.
@@ -24,8 +25,14 @@ index_app = typer.Typer(help="The ANN index service (FAISS over gRPC, fed from i
                         no_args_is_help=True)
 
 
-def _settings(**index: object) -> Settings:
-    s = load_settings()
+def _settings(model_version: str = "", **index: object) -> Settings:
+    from conf.settings import for_version
+    from conf.versions import UnknownVersion
+
+    try:
+        s = for_version(load_settings(), model_version)
+    except UnknownVersion as e:
+        raise typer.BadParameter(str(e), param_hint="--model-version") from None
     over = {k: v for k, v in index.items() if v is not None}
     return with_overrides(s, index=over) if over else s
 
@@ -37,6 +44,8 @@ def index_serve(
     replica_id: str = typer.Option(None, help="Names this replica's snapshots (index.replica_id)."),
     feed: bool = typer.Option(True, "--feed/--no-feed", help="Apply the item_embeddings topic."),
     restore: bool = typer.Option(True, "--restore/--no-restore", help="Start from the latest snapshot."),
+    model_version: str = typer.Option("", "--model-version", help="Serve this version's lane ([versions]): "
+                                      "its item_embeddings topic, address, snapshots; only its vectors."),
 ) -> None:
     """Serve the index over gRPC: restore snapshot -> replay topic -> SERVING; snapshot on exit."""
     import faiss
@@ -47,7 +56,7 @@ def index_serve(
     from index.heap import cap_arenas
     from index.server import IndexServer
 
-    settings = _settings(kind=kind, port=port, replica_id=replica_id)
+    settings = _settings(model_version, kind=kind, port=port, replica_id=replica_id)
     cap_arenas(settings.index.malloc_arenas)   # before any thread starts: see index/heap.py
     # FAISS OpenMP threads of this process role ([threads] index_service), set at start
     faiss_threads = settings.threads.index_service.faiss_omp
@@ -81,13 +90,13 @@ def index_serve(
 
 
 @index_app.command("stats")
-def index_stats() -> None:
+def index_stats(model_version: str = typer.Option("", "--model-version", help="That version lane's index.")) -> None:
     """Print Stats of every replica of every shard in index.shards."""
     from google.protobuf.json_format import MessageToDict
 
     from index.client import GrpcIndexClient
 
-    client = GrpcIndexClient(load_settings().index)
+    client = GrpcIndexClient(_settings(model_version).index)
     typer.echo(json.dumps([MessageToDict(s) for s in client.stats()], indent=1))
 
 

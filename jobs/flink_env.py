@@ -76,6 +76,11 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def job_name(settings: Settings, name: str) -> str:
+    """What `recs jobs list` shows: the job's name, and its model version in a version lane (conf/versions.py)."""
+    return f"{name} {settings.model.version}" if settings.model.version else name
+
+
 def kafka_options(settings: Settings, topic: str, group_id: str | None = None) -> dict[str, str]:
     """Options of the Table API Kafka connector for ``topic``, values in the ``raw`` format.
 
@@ -91,6 +96,8 @@ def kafka_options(settings: Settings, topic: str, group_id: str | None = None) -
         **{f"properties.{k}": v for k, v in settings.kafka.java_properties().items()},
     }
     if group_id is not None:
+        if settings.model.version:      # a version lane's jobs read the shared topics in groups of their own
+            group_id = f"{group_id}.{settings.model.version}"
         options |= {"properties.group.id": group_id, "properties.auto.offset.reset": "earliest",
                     "properties.fetch.max.wait.ms": str(settings.kafka.fetch_max_wait_ms),
                     "scan.startup.mode": "group-offsets", "scan.topic-partition-discovery.interval": "10 s"}

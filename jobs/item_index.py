@@ -30,7 +30,7 @@ from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironmen
 from pyflink.table.udf import udf
 
 from conf import Settings, load_settings
-from jobs.flink_env import create_kafka_table, kafka_options, make_env, run_or_explain
+from jobs.flink_env import create_kafka_table, job_name, kafka_options, make_env, run_or_explain
 from udfs.item_embedding import INDEXED, IndexListings
 
 GROUP_ID = "item-index"
@@ -39,7 +39,7 @@ GROUP_ID = "item-index"
 def table_config(settings: Settings) -> dict[str, str]:
     """Table API options of this job (all from settings)."""
     return {
-        "pipeline.name": "item_index",          # what `recs jobs list` shows
+        "pipeline.name": job_name(settings, "item_index"),          # what `recs jobs list` shows
         "table.exec.uid.generation": "ALWAYS",   # uids from the plan: a savepoint maps back after a restart
         "python.fn-execution.arrow.batch.size": str(settings.item_index.arrow_batch_size),
     }

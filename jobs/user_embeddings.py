@@ -31,7 +31,7 @@ from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironmen
 from pyflink.table.udf import udf
 
 from conf import Settings, load_settings
-from jobs.flink_env import create_kafka_table, kafka_options, make_env, run_or_explain
+from jobs.flink_env import create_kafka_table, job_name, kafka_options, make_env, run_or_explain
 from udfs.user_embedding import PARSED, EmbedUsers, EmbedUsersAsync, ParseClicks, WriteTrending
 
 GROUP_ID = "user-embeddings"
@@ -41,7 +41,7 @@ def table_config(settings: Settings) -> dict[str, str]:
     """Table API options of this job (all from settings)."""
     ue = settings.user_embeddings
     return {
-        "pipeline.name": "user_embeddings",     # what `recs jobs list` shows (else "insert-into_...")
+        "pipeline.name": job_name(settings, "user_embeddings"),  # `recs jobs list` shows it (else "insert-into_...")
         # uids from the plan, so a savepoint maps back onto the same operators after a restart
         "table.exec.uid.generation": "ALWAYS",
         "table.exec.state.ttl": f"{ue.state_ttl_s} s" if ue.state_ttl_s else "0 ms",

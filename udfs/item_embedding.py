@@ -62,7 +62,8 @@ class IndexListings(ScalarFunction):
         self.limits = s.contracts
         self.topic = s.kafka.topics.listings
         # The artifact is checked here (files, hashes, shapes, dim): a mismatch fails the job at start.
-        self.artifact = load_artifact(s.model.artifact_dir, expect_dim=s.model.dim, threads=s.threads.flink_worker)
+        self.artifact = load_artifact(s.model.artifact_dir, expect_dim=s.model.dim, threads=s.threads.flink_worker,
+                                      expect_version=s.model.version or None)
         self.store = open_store(s)
         self.writer = ItemTowerWriter(s, self.store, self.artifact)
         log.info("item tower %s on %s", self.artifact.model_version, self.artifact.providers)

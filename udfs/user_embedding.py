@@ -108,7 +108,8 @@ class _Embedder:
 
         s = self.settings
         # The artifact is checked here (files, hashes, shapes, dim): a mismatch fails the job at start.
-        self.artifact = load_artifact(s.model.artifact_dir, expect_dim=s.model.dim, threads=s.threads.flink_worker)
+        self.artifact = load_artifact(s.model.artifact_dir, expect_dim=s.model.dim, threads=s.threads.flink_worker,
+                                      expect_version=s.model.version or None)
         self.store = open_store(s)
         self.writer = UserTowerWriter(s, self.store, self.artifact)
         log.info("user tower %s on %s", self.artifact.model_version, self.artifact.providers)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from conf import load_settings
+from conf import Settings, load_settings
 
 jobs_app = typer.Typer(help="Submit and manage the Flink jobs (cluster from settings).", no_args_is_help=True)
 
@@ -16,16 +16,35 @@ def submit(
     job: str = typer.Argument(..., help="Job name: user-embeddings | item-index | click-counts."),
     parallelism: int = typer.Option(None, "--parallelism", "-p", help="Default: flink.parallelism."),
     from_savepoint: str = typer.Option(None, "--from-savepoint", "-s", help="Savepoint path to restore."),
+    model_version: str = typer.Option("", "--model-version", help="Run in this version's lane ([versions] in "
+                                      "settings): its artifact, KV records, item_embeddings topic, groups."),
 ) -> None:
     """Submit a job with `flink run --python` (detached); prints the JobID."""
     from recs.local.flink_jobs import FlinkError
     from recs.local.flink_jobs import submit as do_submit
 
     try:
-        typer.echo(do_submit(load_settings(), job, parallelism=parallelism, from_savepoint=from_savepoint))
+        settings = lane_settings(model_version)
+        typer.echo(do_submit(settings, job, parallelism=parallelism, from_savepoint=from_savepoint))
     except FlinkError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+
+
+def lane_settings(model_version: str) -> Settings:
+    """The settings, moved into the lane of ``model_version`` ("" = the live settings); the lane's
+    item_embeddings topic is created when missing. A version without a lane is a usage error."""
+    from conf.settings import for_version
+    from conf.versions import UnknownVersion
+    from recs.local.broker import create_topics
+
+    try:
+        settings = for_version(load_settings(), model_version)
+    except UnknownVersion as e:
+        raise typer.BadParameter(str(e), param_hint="--model-version") from None
+    if model_version:
+        create_topics(settings, [settings.kafka.topics.item_embeddings])
+    return settings
 
 
 def _duration(s: float) -> str:

@@ -6,8 +6,6 @@ from datetime import datetime
 
 import typer
 
-from conf import load_settings
-
 
 def parse_time(text: str | None) -> int | None:
     """None, "earliest" -> None; epoch milliseconds; or an ISO 8601 time (UTC when no zone is given)."""
@@ -31,14 +29,18 @@ def replay_cmd(
     start: str = typer.Option("earliest", "--from", help="earliest | epoch ms | ISO 8601 (Kafka record time)"),
     end: str = typer.Option(None, "--to", help="epoch ms | ISO 8601; default: every record there now"),
     timeout_s: float = typer.Option(3600, help="cancel the replay job if it has not finished by then"),
+    model_version: str = typer.Option("", "--model-version", help="replay into this version's lane ([versions]): "
+                                      "its artifact, KV records and item_embeddings topic; the live ones untouched"),
 ) -> None:
     """Replay a range of a topic through its job (bounded; the same idempotent sinks; the live job's
     offsets untouched) and wait until it has finished."""
+    from recs.commands.jobs import lane_settings
     from recs.local.flink_jobs import FlinkError
     from recs.local.replay import ReplayError, replay
 
     try:
-        result = replay(load_settings(), kind, parse_time(start), parse_time(end), timeout_s, progress=typer.echo)
+        result = replay(lane_settings(model_version), kind, parse_time(start), parse_time(end), timeout_s,
+                        progress=typer.echo)
     except (ReplayError, FlinkError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -40,6 +40,8 @@ def submit(settings: Settings, job: str, *, parallelism: int | None = None,
     """Run ``flink run`` for a job of JOBS (or, for benchmarks, any job ``script``); returns the JobID."""
     if script is None and job not in JOBS:
         raise FlinkError(f"unknown job {job!r}; known: {sorted(JOBS)}")
+    if settings.model.version:
+        _check_lane_artifact(settings)
     f = settings.flink
     cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"{f.jobmanager_host}:{f.rest_port}",
            "-pyexec", sys.executable, "-pyclientexec", sys.executable, "-py", str(script or JOBS[job])]
@@ -60,6 +62,19 @@ def submit(settings: Settings, job: str, *, parallelism: int | None = None,
     if res.returncode != 0 or not m:
         raise FlinkError(f"flink run failed ({res.returncode}):\n{out[-4000:]}")
     return m.group(1)
+
+
+def _check_lane_artifact(settings: Settings) -> None:
+    """In a version lane (conf/versions.py) the artifact must be that version: say so before submitting,
+    rather than let the job fail in open() and restart."""
+    meta = settings.model.artifact_dir / "metadata.json"
+    try:
+        found = json.loads(meta.read_text()).get("model_version")
+    except (OSError, ValueError) as e:
+        raise FlinkError(f"model version {settings.model.version}: cannot read {meta}: {e}") from None
+    if found != settings.model.version:
+        raise FlinkError(f"model version {settings.model.version}: {settings.model.artifact_dir} holds "
+                         f"{found!r}; export the new model there (recs export --out) or fix [versions]")
 
 
 def _rest(settings: Settings, path: str, method: str = "GET", body: dict | None = None) -> Any:
