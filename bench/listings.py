@@ -15,6 +15,12 @@ same time for ``--seconds``:
   *visible* = the first answer True for a new listing, *gone* = the first answer False after its
   removal, for a listing seen visible before (one never seen cannot be timed: ``removed_untimed``);
   latency = that wall time minus the event's ts (= its send time);
+- an answer watcher, in a process of its own as the backend is, asks the read path (``ReadPath``,
+  what `GET /recommendations` runs: KV user record -> gRPC index search -> filters) for probe users,
+  one per sampled removed listing (``--answer-probes``, titles of their own), whose user record is
+  that listing's item-tower vector (written before the step): *gone from answers* = the first
+  answer served from the index ("nrt") without the listing after its removal, for a probe whose
+  answers held it before (a fallback answer says nothing and is not counted);
 - a searcher sends one k = 10 search at a time over gRPC, back to back, with the serving path's
   deadline (``index.client_deadline_ms``): the service's search p50/p99 while the stream is
   applied, and the searches past the deadline (``search_errors``).
@@ -23,10 +29,11 @@ bound); a sample of visible listings is searched by its own vector (read from KV
 the top 10 must hold it, and no listing shown removed may be in any answer.
 
 Keys written into ``--out`` (the rest of the file is kept): ``listing_visible_p99_ms``,
-``listing_removed_p99_ms`` (at the highest rate whose visible p99 is under 2 s, else the lowest),
+``listing_removed_p99_ms``, ``listing_removed_from_answers_p99_ms`` (at the highest rate whose visible p99
+is under 2 s, else the lowest),
 ``item_index_max_rate_p99_under_2s``, and ``item_index`` (per rate: achieved events/s = listings and
 removals shown by the service over the time from the first send to the last one shown, p50/p99/max
-visible and gone, search p50/p99, censored counts; the settings used).
+visible, gone and gone from answers, search p50/p99, censored counts; the settings used).
 """
 
 from __future__ import annotations
@@ -35,13 +42,16 @@ import argparse
 import contextlib
 import json
 import logging
+import multiprocessing as mp
 import os
 import platform
+import queue
 import random
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +67,7 @@ RESULTS = PROJECT_ROOT / "bench" / "results"
 DEFAULT_RATES = (50, 200, 500, 1000, 3000)
 
 
-def _pct(xs: list[float], q: float) -> float | None:
+def _pct(xs: Sequence[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 1) if xs else None
 
 
@@ -68,6 +78,44 @@ def titles(data_dir: Path, n: int, seed: int) -> list[tuple[str, str | None]]:
     cat = [(x.title, x.category) for x in current_listings(load_settings(), data_dir)]
     rng = random.Random(seed)
     return [rng.choice(cat) for _ in range(n)]
+
+
+def watch_answers(settings: dict[str, Any], address: list[list[str]], probes: dict[str, str], poll_s: float,
+                  inbox: Any, outbox: Any) -> None:
+    """The answer watcher (its own process): ``ReadPath.recommend`` for each probe user, from when its
+    listing is sent (``("active", item)`` in ``inbox``) until an answer holds it, and from when its
+    removal is sent (``("removed", item)``) until an answer served from the index lacks it; ``None``
+    ends it. Puts (first wall ms held, first wall ms gone after removal, [requests, fallbacks])."""
+    from index.client import GrpcIndexClient
+    from recs.serving import ReadPath
+    from recs.stores import open_store
+
+    s = Settings.model_validate(settings)
+    rp = ReadPath(open_store(s), GrpcIndexClient(s.index, address), s.serve)
+    held: dict[str, int] = {}
+    gone: dict[str, int] = {}
+    listed: set[str] = set()
+    removed: set[str] = set()
+    counts = [0, 0]
+    while True:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                msg = inbox.get(timeout=poll_s)
+                if msg is None:
+                    outbox.put((held, gone, counts))
+                    return
+                (listed if msg[0] == "active" else removed).add(msg[1])
+        for item in [i for i in probes if (i in listed and i not in held) or (i in removed and i in held
+                                                                                and i not in gone)]:
+            ans = rp.recommend(probes[item], k=10)
+            now = int(time.time() * 1000)
+            counts[0] += 1
+            if ans.source != "nrt":           # a fallback answer says nothing of the index
+                counts[1] += 1
+            elif item in ans.items:
+                held.setdefault(item, now)
+            elif item in held:
+                gone[item] = now
 
 
 def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -82,6 +130,7 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
     from recs.contracts import Listing
     from recs.local import flink_jobs
     from recs.stores import open_store
+    from recs.stores.base import UserRecord
 
     tag = f"ls{rate}-{int(time.time())}"
     topics = s.kafka.topics.model_dump()
@@ -107,6 +156,7 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
     job = flink_jobs.submit(s, "item-index")
     store = open_store(s)
     producer = Producer({**s.kafka.client_config(), "linger.ms": 5})
+    answerer: Any = None
     try:
         # primer: the job and the service are up (start-up is never measured)
         primer = Listing(f"{tag}-primer", "primer", "active", int(time.time() * 1000))
@@ -126,6 +176,24 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
             if args.remove_every and i % args.remove_every == args.remove_every - 1:
                 events.append((i / rate + args.remove_after_s, f"{tag}-{i}", "removed", names[i][0]))
         events.sort(key=lambda e: e[0])
+        # probe users for the answer watcher: each one's record is a removed listing's own vector
+        title_of = {e[1]: e[3] for e in events}
+        repeats = {t for t, c in Counter(title_of.values()).items() if c > 1}
+        removable = sorted({e[1] for e in events if e[2] == "removed" and title_of[e[1]] not in repeats})
+        probe_items = random.Random(args.seed).sample(removable, min(args.answer_probes, len(removable)))
+        probes = {item: f"{tag}-probe-{item}" for item in probe_items}
+        if probes:
+            probe_vecs = art.embed_items([Listing(i, title_of[i] or "", "active", 0, category="bench").text()
+                                          for i in probes])
+            now_ms = int(time.time() * 1000)
+            store.put_users([UserRecord(u, v, art.model_version, now_ms)
+                             for u, v in zip(probes.values(), probe_vecs, strict=True)])
+        # the backend's read path in a process of its own, as in production (not this one's GIL)
+        ctx = mp.get_context("spawn")
+        inbox, outbox = ctx.Queue(), ctx.Queue()
+        answerer = ctx.Process(target=watch_answers, daemon=True, args=(
+            s.model_dump(mode="json"), address, probes, args.poll_ms / 1000, inbox, outbox))
+        answerer.start()
         sent: dict[tuple[str, str], int] = {}             # (id, status) -> event ts (ms)
         seen: dict[tuple[str, str], int] = {}             # -> wall ms when the service showed it
         lock = threading.Lock()
@@ -167,7 +235,7 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
                     continue
                 searches.append((time.perf_counter() - t) * 1000)
 
-        threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=search, daemon=True)]
+        threads = [threading.Thread(target=f, daemon=True) for f in (watch, search)]
         for t in threads:
             t.start()
         t0 = time.time()
@@ -176,11 +244,13 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
             if wait > 0:
                 time.sleep(wait)
             ts = int(time.time() * 1000)
-            body = Listing(item, title, status, ts, category="bench").to_json().encode()
+            body = Listing(item, title or "", status, ts, category="bench").to_json().encode()
             producer.produce(topics["listings"], body, key=item.encode())
             producer.poll(0)
             with lock:
                 sent[(item, status)] = ts
+            if item in probes:
+                inbox.put((status, item))
         producer.flush(30)
         sent_s = time.time() - t0
         end = time.monotonic() + args.drain_s
@@ -192,6 +262,10 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
         done.set()
         for t in threads:
             t.join(5)
+        time.sleep(args.poll_ms * 5 / 1000)               # the read path's last polls after the index's
+        inbox.put(None)
+        in_answers, gone_answers, answer_polls = outbox.get(timeout=60)
+        answerer.join(10)
         scan = int(time.time() * 1000)
         visible = [seen.get(k, scan) - ts for k, ts in sent.items() if k[1] == "active"]
         # a removal whose listing was never seen visible cannot be timed: left out, and counted
@@ -199,6 +273,10 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
         censored = {"active": sum(1 for k in sent if k[1] == "active" and k not in seen),
                     "removed": sum(1 for k in sent if k[1] == "removed" and (k[0], "active") in seen and k not in seen),
                     "removed_untimed": sum(1 for k in sent if k[1] == "removed" and (k[0], "active") not in seen)}
+        # gone from answers: only probes whose answers held the listing before its removal count
+        gone_ans = [gone_answers.get(i, scan) - sent[(i, "removed")] for i in probes if i in in_answers]
+        censored["answers"] = sum(1 for i in probes if i in in_answers and i not in gone_answers)
+        censored["answers_untimed"] = sum(1 for i in probes if i not in in_answers)
         last_seen = max(seen.values(), default=scan)
         first_sent = min(sent.values())
 
@@ -206,8 +284,6 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
         removed = {i for i, st in sent if st == "removed" and (i, st) in seen}    # shown gone by the service
         # titles repeat when the step lists more than the catalogue holds: equal vectors tie, so only
         # listings with a title of their own are expected in their own top 10
-        title_of = {e[1]: e[3] for e in events}
-        repeats = {t for t, c in Counter(title_of.values()).items() if c > 1}
         live = [i for i, st in sent if st == "active" and i not in removed and (i, st) in seen
                 and title_of[i] not in repeats]
         sample = random.Random(args.seed).sample(live, min(50, len(live)))
@@ -225,6 +301,9 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
             "visible_p50_ms": _pct(visible, 50), "visible_p99_ms": _pct(visible, 99),
             "visible_max_ms": _pct(visible, 100),
             "removed_p50_ms": _pct(gone, 50), "removed_p99_ms": _pct(gone, 99), "removed_max_ms": _pct(gone, 100),
+            "removed_from_answers_p50_ms": _pct(gone_ans, 50), "removed_from_answers_p99_ms": _pct(gone_ans, 99),
+            "removed_from_answers_max_ms": _pct(gone_ans, 100), "answer_probes": len(gone_ans),
+            "answer_requests": answer_polls[0], "answer_fallbacks": answer_polls[1],
             "censored": censored,
             "search_p50_ms": _pct(searches, 50), "search_p99_ms": _pct(searches, 99), "searches": len(searches),
             "search_errors": errors["search"], "lookup_errors": errors["lookup"],
@@ -239,6 +318,9 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
         feeder.close()
         client.close()
         watcher.close()
+        with contextlib.suppress(Exception):
+            if answerer is not None and answerer.is_alive():
+                answerer.kill()
         server.stop(0)
         store.close()
         for name in (topics["listings"], topics["listings_dlq"], topics["item_embeddings"]):
@@ -253,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--drain-s", type=float, default=20.0, help="wait at most this for the last ones to show")
     ap.add_argument("--remove-every", type=int, default=4, help="remove every n-th listing again (0 = none)")
     ap.add_argument("--remove-after-s", type=float, default=1.0)
-    ap.add_argument("--poll-ms", type=float, default=20.0, help="the watcher's lookup period")
+    ap.add_argument("--poll-ms", type=float, default=20.0, help="the watchers' pause between sweeps")
+    ap.add_argument("--answer-probes", type=int, default=40, help="removed listings also timed in answers")
     ap.add_argument("--data", type=Path, default=PROJECT_ROOT / "data" / "movielens", help="titles to list")
     ap.add_argument("--ready-timeout-s", type=float, default=180.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -275,8 +358,10 @@ def main(argv: list[str] | None = None) -> None:
     previous: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         previous = json.loads(args.out.read_text())
+    kept = {k: v for k, v in (previous.get("item_index") or {}).items() if k == "other_data"}  # a --data run's
     previous.update({
         "listing_visible_p99_ms": head["visible_p99_ms"], "listing_removed_p99_ms": head["removed_p99_ms"],
+        "listing_removed_from_answers_p99_ms": head["removed_from_answers_p99_ms"],
         "item_index_max_rate_p99_under_2s": head["offered_per_s"] if under else None,
         "item_index": {
             "by_rate": steps,
@@ -287,11 +372,13 @@ def main(argv: list[str] | None = None) -> None:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
             "wall_s": round(time.time() - started, 1),
+            **kept,
         },
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(previous, indent=2) + "\n")
     print(json.dumps({k: previous[k] for k in ("listing_visible_p99_ms", "listing_removed_p99_ms",
+                                               "listing_removed_from_answers_p99_ms",
                                                "item_index_max_rate_p99_under_2s")}, indent=1))
     print(f"wrote {args.out}")
 
