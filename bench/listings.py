@@ -8,9 +8,10 @@ Per rate, on a temporary stack (broker, Redis, Flink on free loopback ports; ben
 them (the model artifact in settings), and in this process the index service as `recs index serve`
 runs it (``IndexServer`` + its feeder thread on the topic, index kind from settings). Then, at the
 same time for ``--seconds``:
-- a paced producer (absolute schedule): new listings with ts = send time, keyed by item_id, titles
-  from the catalogue's own titles (``--data``); every ``--remove-every``-th listing is removed again
-  ``--remove-after-s`` later (a removal event with its own send time);
+- a paced producer (absolute schedule, batching ``kafka.producer_linger_ms``): new listings with ts =
+  send time, keyed by item_id, titles from the catalogue's own titles (``--data``); every
+  ``--remove-every``-th listing is removed again ``--remove-after-s`` later (a removal event with its
+  own send time);
 - a watcher asks the service over gRPC (``lookup``, 2 s deadline) every ``--poll-ms`` for every pending id:
   *visible* = the first answer True for a new listing, *gone* = the first answer False after its
   removal, for a listing seen visible before (one never seen cannot be timed: ``removed_untimed``);
@@ -155,7 +156,7 @@ def run_step(s: Settings, rate: int, args: argparse.Namespace) -> dict[str, Any]
     watcher = GrpcIndexClient(with_overrides(s, index={"client_deadline_ms": 2000}).index, address)
     job = flink_jobs.submit(s, "item-index")
     store = open_store(s)
-    producer = Producer({**s.kafka.client_config(), "linger.ms": 5})
+    producer = Producer({**s.kafka.client_config(), "linger.ms": s.kafka.producer_linger_ms})
     answerer: Any = None
     try:
         # primer: the job and the service are up (start-up is never measured)

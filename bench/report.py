@@ -176,7 +176,8 @@ def stream_section(d: dict[str, Any]) -> list[str]:
     rows = [f"**Streaming user embeddings, click → KV record** (`make bench-stream`, `bench/results/stream.json`): "
             f"{c.get('seconds')} s measured per rate after {c.get('warmup_s')} s warm-up; Flink parallelism "
             f"{st.get('parallelism')}, bundle {st.get('bundle_time_ms')} ms; peer: one process, fetch wait "
-            f"{st.get('peer', {}).get('fetch_wait_ms')} ms; latency = KV write time − ts of each measured user's "
+            f"{st.get('peer', {}).get('fetch_wait_ms')} ms; click producer linger {c.get('producer_linger_ms', 5)} ms; "
+            "latency = KV write time − ts of each measured user's "
             "last click; CPU 100 = one core (system + Redis)", "",
             "| offered/s | system | achieved/s | p50 ms | p99 ms | mean ONNX batch | CPU % |",
             "|---:|---|---:|---:|---:|---:|---:|"]
@@ -200,6 +201,13 @@ def stream_section(d: dict[str, Any]) -> list[str]:
                  f"{fr['kv']['timed_out']} timed out): click → KV p50 {_fmt(fr['kv']['p50_ms'], 0)} / p99 "
                  f"{_fmt(fr['kv']['p99_ms'], 0)} ms; click → `/recommendations` answer p50 "
                  f"{_fmt(fr['serve']['p50_ms'], 0)} / p99 {_fmt(fr['serve']['p99_ms'], 0)} ms"]
+    for name, ab in (d.get("ablations") or {}).items():
+        per_rate = [f"{_fmt(int(rate))}/s " + ", ".join(f"{x} p99 {_fmt(r.get('p99_ms'), 0)} ms"
+                                                         for x, r in row.items())
+                    for rate, row in ab["by_rate"].items()]
+        cfg = ab["config"]
+        rows += ["", f"Ablation `{name}` (click producer linger {cfg.get('producer_linger_ms')} ms, "
+                 f"{cfg.get('clicks_per_user')} clicks per user): " + "; ".join(per_rate)]
     designs = d.get("designs") or []
     if designs:
         rows += ["", "Design ablation (same data, same rate, same model and KV writes):", "",

@@ -75,6 +75,7 @@ class KafkaSettings(_Section):
     sasl_password: SecretStr | None = None
     client_timeout_s: float = Field(gt=0)
     fetch_max_wait_ms: int = Field(ge=0)
+    producer_linger_ms: int = Field(ge=0)
     topics: TopicSettings
 
     def client_config(self) -> dict[str, str | int | float | bool]:

@@ -6,7 +6,8 @@
 
 One process, four threads (the I/O releases the GIL):
 - background (recs/local/pacing.py): clicks to ``kafka.topics.clicks`` at ``rate`` per second on an
-  absolute schedule, in small batches, random users of a pool of ``pool``, random ``items``, ts = now;
+  absolute schedule, batched by the producer for ``kafka.producer_linger_ms`` (the embedded broker costs
+  CPU per batch), random users of a pool of ``pool``, random ``items``, ts = now;
 - probes (main thread): ``probes`` fresh users, one click each, one every ``seconds / probes``,
   ts = now, sent by a producer of their own with no linger (not queued behind a background batch);
 - KV poller: every ``poll_ms``, one ``get_users`` for every pending probe user:
@@ -302,9 +303,9 @@ def _run(settings: Settings, store: EmbeddingStore, rate: float, seconds: float,
     def on_bg_error(err: Any, _msg: Any) -> None:     # called for failed deliveries only
         bg_errors.append(str(err))
 
-    bg_producer = Producer({**k.client_config(), "linger.ms": 5, "queue.buffering.max.messages": 500_000,
-                            "enable.idempotence": False, "delivery.report.only.error": True,
-                            "on_delivery": on_bg_error})
+    bg_producer = Producer({**k.client_config(), "linger.ms": k.producer_linger_ms,
+                            "queue.buffering.max.messages": 500_000, "enable.idempotence": False,
+                            "delivery.report.only.error": True, "on_delivery": on_bg_error})
     probe_producer = Producer({**k.client_config(), "linger.ms": 0, "enable.idempotence": False})
     background = Background(bg_producer, topic, rate, items, pool=pool, user_prefix="freshness-bg-",
                             key_field=key_field, seed=seed) if rate > 0 else None

@@ -91,7 +91,8 @@ def produce(settings: Settings, kind: str, data_dir: Path, *, rate: float = 0.0,
             if report.delivery_errors <= 5:
                 log.error("delivery failed: %s", err)
 
-    producer = Producer({**settings.kafka.client_config(), "linger.ms": 5, "batch.num.messages": 10000,
+    producer = Producer({**settings.kafka.client_config(), "linger.ms": settings.kafka.producer_linger_ms,
+                         "batch.num.messages": 10000,
                          "queue.buffering.max.messages": 500000, "enable.idempotence": False})
     start = time.perf_counter()
     with tqdm(total=total, unit="ev", desc=f"produce {topic}", disable=not progress) as bar:
