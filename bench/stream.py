@@ -702,10 +702,7 @@ def main(argv: list[str] | None = None) -> None:
         "by_rate": by_rate,
         "max_rate_p99_under_1s": {s: max_rate_under(by_rate, s) for s in args.systems},
         "freshness_probe_p99_ms": previous.get("freshness_probe_p99_ms"),   # from `recs probe freshness`
-        "designs": previous.get("designs", []),                             # ablations, filled by the job's author
-        # bench/listings.py's keys (the item-index job), kept across a rerun of this sweep
-        **{k: previous[k] for k in ("listing_visible_p99_ms", "listing_removed_p99_ms",
-                                    "item_index_max_rate_p99_under_2s", "item_index") if k in previous},
+        "designs": previous.get("designs", []),                             # from --designs
         "settings": out["settings"],
         "method": {
             "latency": "KV scan after each step: per measured user, updated_ts of its record minus the send "

@@ -38,7 +38,7 @@ import onnxruntime as ort
 from models.tokenizer import configure, encode, load_tokenizer, vocab_hash
 
 if TYPE_CHECKING:
-    from conf.settings import RoleThreads
+    from conf.settings import ModelSettings, RoleThreads
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,13 @@ def session_options(threads: RoleThreads | None) -> ort.SessionOptions:
     opts.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL if opts.inter_op_num_threads == 1
                            else ort.ExecutionMode.ORT_PARALLEL)
     return opts
+
+
+def load_configured(model: ModelSettings, threads: RoleThreads | None = None) -> Artifact:
+    """The artifact settings name (``model.artifact_dir``), checked against ``model.dim`` and, in a
+    version lane (conf/versions.py), ``model.version``."""
+    return load_artifact(model.artifact_dir, expect_dim=model.dim, expect_version=model.version or None,
+                         threads=threads)
 
 
 def load_artifact(path: Path | str, *, expect_dim: int | None = None,

@@ -55,15 +55,14 @@ class IndexListings(ScalarFunction):
         return False    # it writes to the KV store: the planner must call it once a row, never twice
 
     def open(self, function_context: Any) -> None:
-        from models.artifact import load_artifact
+        from models.artifact import load_configured
         from recs.stores import open_store
 
         s = self.settings
         self.limits = s.contracts
         self.topic = s.kafka.topics.listings
         # The artifact is checked here (files, hashes, shapes, dim): a mismatch fails the job at start.
-        self.artifact = load_artifact(s.model.artifact_dir, expect_dim=s.model.dim, threads=s.threads.flink_worker,
-                                      expect_version=s.model.version or None)
+        self.artifact = load_configured(s.model, s.threads.flink_worker)
         self.store = open_store(s)
         self.writer = ItemTowerWriter(s, self.store, self.artifact)
         log.info("item tower %s on %s", self.artifact.model_version, self.artifact.providers)

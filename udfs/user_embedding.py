@@ -103,13 +103,12 @@ class _Embedder:
         self.settings = settings
 
     def _open(self, function_context: Any) -> None:
-        from models.artifact import load_artifact
+        from models.artifact import load_configured
         from recs.stores import open_store
 
         s = self.settings
         # The artifact is checked here (files, hashes, shapes, dim): a mismatch fails the job at start.
-        self.artifact = load_artifact(s.model.artifact_dir, expect_dim=s.model.dim, threads=s.threads.flink_worker,
-                                      expect_version=s.model.version or None)
+        self.artifact = load_configured(s.model, s.threads.flink_worker)
         self.store = open_store(s)
         self.writer = UserTowerWriter(s, self.store, self.artifact)
         log.info("user tower %s on %s", self.artifact.model_version, self.artifact.providers)

@@ -47,12 +47,12 @@ def current_listings(settings: Settings, data_dir: Path) -> list[Listing]:
 
 
 def embed_listings(settings: Settings, data_dir: Path, limit: int | None = None) -> ItemVectors:
-    from models.artifact import load_artifact
+    from models.artifact import load_configured
 
     active = current_listings(settings, data_dir)[:limit]
     if not active:
         raise ValueError(f"no active listing in {data_dir / LISTINGS_FILE}")
-    art = load_artifact(settings.model.artifact_dir, expect_dim=settings.model.dim, threads=settings.threads.batch)
+    art = load_configured(settings.model, settings.threads.batch)
     return ItemVectors(active, art.embed_items([x.text() for x in active]), art.model_version)
 
 

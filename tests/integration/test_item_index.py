@@ -20,21 +20,18 @@ import time
 import numpy as np
 import pytest
 from confluent_kafka import Producer
-from typer.testing import CliRunner
 
-from conf.settings import to_env, with_overrides
+from conf.settings import with_overrides
 from index.ann import ItemIndex
 from index.feeder import Feeder
 from models.artifact import load_artifact
-from models.export import export_untrained
-from recs.cli import app
 from recs.contracts import Click, Listing
 from recs.local import flink_jobs as flink
 from recs.local.broker import create_topics, read_topic
 from recs.local.poison import TS, interleave, listing_poison
 from recs.stores import open_store
 
-from .helpers import wait_for
+from .helpers import job_rows, untrained_artifact, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +42,7 @@ WORDS = ["red", "blue", "silk", "wool", "dress", "shirt", "oak", "table", "lamp"
 
 @pytest.fixture(scope="module")
 def artifact_dir(tmp_path_factory, stack_settings):
-    out = tmp_path_factory.mktemp("item-tower")
-    rng = random.Random(0)
-    export_untrained(stack_settings.model, out, [" ".join(rng.choice(WORDS) for _ in range(4)) for _ in range(400)])
-    return out
+    return untrained_artifact(tmp_path_factory, stack_settings.model, "item-tower", WORDS, 400)
 
 
 def _settings(stack_settings, artifact_dir, name):
@@ -160,15 +154,10 @@ def test_listings_reach_kv_topic_and_index_poison_is_dead_lettered(stack_setting
     assert a.uptime_s > 0 and a.last_checkpoint_bytes is not None and a.last_checkpoint_age_s is not None
     assert (a.records_in, a.dead_letters) == (len(events) + len(corpus) + 1, len(corpus))
     assert a.written == m["item_records_written"] > 0
-    for key, value in to_env(s).items():  # `recs jobs list` reads its settings from RECS_* variables
-        monkeypatch.setenv(key, value)
-    out = CliRunner().invoke(app, ["jobs", "list"])
-    assert out.exit_code == 0, out.output
-    lines = out.output.splitlines()
-    row = next(i for i, line in enumerate(lines) if line.startswith(job))
-    assert "RUNNING" in lines[row] and "item_index" in lines[row]
-    assert f"records in {len(events) + len(corpus) + 1:,}" in lines[row + 1], lines[row + 1]
-    assert f"dead letters {len(corpus):,}" in lines[row + 1] and "checkpoints " in lines[row + 1]
+    head, detail = job_rows(monkeypatch, s, job)
+    assert "RUNNING" in head and "item_index" in head
+    assert f"records in {len(events) + len(corpus) + 1:,}" in detail, detail
+    assert f"dead letters {len(corpus):,}" in detail and "checkpoints " in detail
 
 
 def _wait_jobs(s, jobs, check, timeout_s, what):

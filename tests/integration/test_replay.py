@@ -13,13 +13,14 @@ from confluent_kafka import Producer
 
 from conf.settings import with_overrides
 from models.artifact import load_artifact
-from models.export import export_untrained
 from recs.contracts import Listing
 from recs.local import flink_jobs as flink
 from recs.local.broker import create_topics, read_topic
 from recs.local.poison import TS
 from recs.local.replay import plan, replay
 from recs.stores import open_store
+
+from .helpers import untrained_artifact
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +29,7 @@ WORDS = ["red", "blue", "silk", "wool", "dress", "shirt", "oak", "table", "lamp"
 
 @pytest.fixture(scope="module")
 def artifact_dir(tmp_path_factory, stack_settings):
-    out = tmp_path_factory.mktemp("replay-tower")
-    rng = random.Random(0)
-    export_untrained(stack_settings.model, out, [" ".join(rng.choice(WORDS) for _ in range(4)) for _ in range(300)])
-    return out
+    return untrained_artifact(tmp_path_factory, stack_settings.model, "replay-tower", WORDS, 300)
 
 
 def _settings(stack_settings, artifact_dir, name, prefix):

@@ -21,11 +21,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
 
-from conf.settings import for_version, to_env, with_overrides
+from conf.settings import for_version, with_overrides
 from index.ann import ItemIndex
 from index.feeder import Feeder
 from models.artifact import load_artifact
-from models.export import export_untrained
 from recs.cli import app
 from recs.contracts import Click, Listing
 from recs.local.broker import create_topics
@@ -35,7 +34,7 @@ from recs.serving import open_read_path
 from recs.stores import open_store
 from recs.stores.redis_store import redis_client
 
-from .helpers import wait_for
+from .helpers import untrained_artifact, use_settings, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +43,10 @@ NAME = "rollout"
 F16 = 1e-3
 
 
-def _export(tmp_path_factory, stack_settings, seed):
-    out = tmp_path_factory.mktemp(f"rollout-v{seed}")
-    rng = random.Random(seed)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(4)) for _ in range(300)]
-    export_untrained(stack_settings.model, out, texts, seed=seed)
-    return out
-
-
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, stack_settings):
-    return _export(tmp_path_factory, stack_settings, 1), _export(tmp_path_factory, stack_settings, 2)
+    return tuple(untrained_artifact(tmp_path_factory, stack_settings.model, f"rollout-v{seed}", WORDS, 300, seed=seed)
+                 for seed in (1, 2))
 
 
 def _produce(s, topic, records):
@@ -147,8 +139,7 @@ def test_a_new_model_version_fills_its_own_lane_and_one_setting_switches(
     emb_before = _end_offsets(s, s.kafka.topics.item_embeddings)
     assert len(live_before) >= len(listings) - 5 + len(users)
 
-    for key, value in to_env(s).items():     # the CLI reads its settings from RECS_* variables
-        monkeypatch.setenv(key, value)
+    use_settings(monkeypatch, s)
     cli = CliRunner()
     for kind in ("listings", "clicks"):
         out = cli.invoke(app, ["replay", kind, "--model-version", v2])
