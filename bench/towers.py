@@ -20,6 +20,9 @@ weights) and says so in the JSON. Inputs: user tower (B, N, d) unit vectors with
 valid (the worst case, N = max_len); item tower real-looking listing texts, tokenized outside the
 timed region (the tokenizer's cost is reported separately). Each point: warm-up, then repeated
 runs for at least --seconds; embeddings/s = B x runs / time; latency p50/p99 per batch.
+"user_tower_clicks": the user tower at batch 512 on one thread, on windows of 1, 4, 10, 25 and 50
+clicks, run on that many columns (the dynamic clicks axis) against padded to N: us a row
+(``--clicks-only`` measures just this into an existing towers.json).
 CUDA (and TensorRT, if it loads) are measured when onnxruntime offers them; otherwise "gpu": null.
 A provider that fails to load makes ONNX Runtime fall back to the CPU silently: every session is
 checked with get_providers() and such a run is recorded as an error, never as GPU figures. Inputs
@@ -278,6 +281,36 @@ def update_doc(res: dict, doc: Path) -> None:
     doc.write_text(head + start + "\n" + doc_section(res) + end + tail)
 
 
+CLICKS = (1, 4, 10, 25, 50)
+
+
+def measure_clicks(path: Path, seconds: float, batch: int = 512) -> dict:
+    """The user tower on windows of n clicks, one thread (a Flink worker's setting): run on n
+    columns (the dynamic clicks axis, what ``Artifact.embed_users`` does) against padded to N
+    (what a fixed-N graph needs). Microseconds a row, best of the timed runs' mean."""
+    from models.artifact import load_artifact
+
+    art = load_artifact(path)
+    if not art.clicks_axis:
+        return {"error": f"{path}: the user tower has N fixed; `recs export --upgrade {path}` first"}
+    sess = sessions_for(path, ["CPUExecutionProvider"], 1)["user_tower"]
+    rng = np.random.default_rng(0)
+    out: dict = {"batch": batch, "threads": 1, "us_per_row": {}}
+    for n in CLICKS:
+        if n > art.max_len:
+            continue
+        x = _user_input(rng, batch, n, art.dim)
+        padded = {"item_vectors": np.zeros((batch, art.max_len, art.dim), np.float32),
+                  "mask": np.zeros((batch, art.max_len), bool)}
+        padded["item_vectors"][:, -n:], padded["mask"][:, -n:] = x["item_vectors"], True
+        row = {name: round(1e6 / _time(sess, feed, seconds)[0], 1)
+               for name, feed in (("clicks_axis", x), ("padded_to_N", padded))}
+        out["us_per_row"][str(n)] = row
+        log.info("user tower, %d clicks: %.1f us/row (padded to N: %.1f)", n, row["clicks_axis"],
+                 row["padded_to_N"])
+    return out
+
+
 def merge_gpu(gpu_file: Path, out: Path) -> dict:
     """Copy a GPU machine's results (towers_gpu.json) into `out` (towers.json), CPU rows kept."""
     g, res = json.loads(gpu_file.read_text()), json.loads(out.read_text())
@@ -305,12 +338,19 @@ def main() -> None:
                          'a training checkpoint, or "untrained"')
     ap.add_argument("--merge-gpu", type=Path, metavar="TOWERS_GPU_JSON", default=None,
                     help="measure nothing: copy a GPU machine's results into --out")
+    ap.add_argument("--clicks-only", action="store_true",
+                    help="measure only user_tower_clicks (windows of 1..N clicks) into --out, keep the rest")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.merge_gpu:
         write(merge_gpu(args.merge_gpu, args.out), args.out)
         return
     path, which = _artifact_path(args.artifact)
+    if args.clicks_only:
+        res = json.loads(args.out.read_text())
+        res["user_tower_clicks"] = measure_clicks(path, args.seconds)
+        write(res, args.out)
+        return
     meta = json.loads((path / "metadata.json").read_text())
     res: dict = {"model": {"model_version": meta["model_version"], "weights": which,
                            "dim": meta["dim"], "max_len": meta["max_len"],
@@ -345,6 +385,7 @@ def main() -> None:
                                              "CPUExecutionProvider"], args.seconds, args.threads)
         except Exception as e:  # TensorRT is optional: record why it did not run
             res["tensorrt"] = {"error": f"{type(e).__name__}: {e}"}
+    res["user_tower_clicks"] = measure_clicks(path, args.seconds)
     write(res, args.out)
 
 

@@ -19,9 +19,12 @@ is 1). Without it, one thread each: ONNX Runtime's own default (one thread per c
 every worker and service on a machine compete for all of its cores.
 
 embed_users contract: item_vecs are item-tower vectors of the same model_version, most recent click
-last. A history shorter than N may be passed as (B, n, d) with n < N (left-padded here); longer
-ones keep their last N columns. A row with no valid click is refused (cold-start users belong to
-the trending fallback, not to a vector computed from nothing).
+last. A history shorter than N may be passed as (B, n, d) with n < N; longer ones keep their last N
+columns. A row with no valid click is refused (cold-start users belong to the trending fallback,
+not to a vector computed from nothing). Artifacts exported since the ``clicks`` axis exists run a
+batch on the columns of its longest window (leading columns no row uses are dropped: they are
+masked out, so the result is the same, bench/results/towers.json "user_tower_clicks"); older ones,
+whose graph has N fixed, get the batch left-padded to N.
 """
 
 from __future__ import annotations
@@ -90,6 +93,11 @@ class Artifact:
         return int(self.metadata["max_len"])
 
     @property
+    def clicks_axis(self) -> bool:
+        """True when the user tower takes any number of clicks up to N (axis 1 symbolic)."""
+        return not isinstance(self.user_session.get_inputs()[0].shape[1], int)
+
+    @property
     def providers(self) -> list[str]:
         return self.user_session.get_providers()
 
@@ -116,7 +124,11 @@ class Artifact:
         b, n, _ = item_vecs.shape
         if n > self.max_len:                                   # keep the most recent N
             item_vecs, mask = item_vecs[:, -self.max_len:], mask[:, -self.max_len:]
-        elif n < self.max_len:                                 # left-pad to N
+            n = self.max_len
+        if self.clicks_axis:                                   # drop the columns no row uses
+            first = int(mask.any(axis=0).argmax()) if len(mask) else 0
+            item_vecs, mask = item_vecs[:, first:], mask[:, first:]
+        elif n < self.max_len:                                 # a fixed-N graph: left-pad to N
             pad = self.max_len - n
             item_vecs = np.concatenate([np.zeros((b, pad, self.dim), np.float32), item_vecs], 1)
             mask = np.concatenate([np.zeros((b, pad), bool), mask], 1)
@@ -128,12 +140,17 @@ class Artifact:
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def _check_io(sess: ort.InferenceSession, name: str, inputs: dict[str, list], out_dim: int) -> None:
+def _check_io(sess: ort.InferenceSession, name: str, inputs: dict[str, list], out_dim: int,
+              symbolic_ok: int | None = None) -> None:
+    """Input shapes after the batch axis must equal ``inputs``; a symbolic axis (a name in the
+    graph) stands for any size and is accepted where its size is ``symbolic_ok`` (the clicks axis)."""
     got = {i.name: list(i.shape[1:]) for i in sess.get_inputs()}
     for key, want in inputs.items():
         if key not in got:
             raise ArtifactError(f"{name}: input {key!r} missing (has {sorted(got)})")
-        if got[key] != want:
+        same = len(got[key]) == len(want) and all(
+            g == w or (isinstance(g, str) and w == symbolic_ok) for g, w in zip(got[key], want, strict=True))
+        if not same:
             raise ArtifactError(f"{name}: input {key!r} has shape [batch, {got[key]}], "
                                 f"metadata says [batch, {want}]")
     # the output's last axis may be symbolic in the graph: run one row to see its real size
@@ -207,7 +224,7 @@ def load_artifact(path: Path | str, *, expect_dim: int | None = None,
     user = ort.InferenceSession(str(path / "user_tower.onnx"), opts, providers=providers)
     d, n, t = int(meta["dim"]), int(meta["max_len"]), int(meta["max_tokens"])
     _check_io(item, "item_tower.onnx", {"token_ids": [t], "token_mask": [t]}, d)
-    _check_io(user, "user_tower.onnx", {"item_vectors": [n, d], "mask": [n]}, d)
+    _check_io(user, "user_tower.onnx", {"item_vectors": [n, d], "mask": [n]}, d, symbolic_ok=n)
     log.info("loaded model %s (d=%d, N=%d) from %s on %s", meta["model_version"], d, n, path,
              user.get_providers()[0])
     return Artifact(path, meta, item, user, tok, batch_size)

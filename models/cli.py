@@ -95,16 +95,24 @@ def export_cmd(
     eval_json: Path = typer.Option(None, "--eval", exists=True, dir_okay=False,
                                    help="JSON from `recs eval --out` or bench/model_quality.py "
                                         "to record in metadata.json."),
+    upgrade: Path = typer.Option(None, "--upgrade", exists=True, file_okay=False,
+                                 help="Instead: give this older artifact's user tower the dynamic clicks "
+                                      "axis (same weights and model_version, parity checked)."),
 ) -> None:
     """Export both towers to ONNX with the tokenizer and metadata.json, then load the result
     back through the checking loader."""
     import json
 
     from models.artifact import load_artifact
-    from models.export import export
+    from models.export import export, upgrade_user_tower
     from models.train import load_checkpoint
 
     settings = load_settings()
+    if upgrade is not None:
+        done = upgrade_user_tower(upgrade)
+        typer.echo(f"{upgrade}: " + ("user tower upgraded to the dynamic clicks axis" if done
+                                      else "already has the dynamic clicks axis"))
+        return
     cfg = settings.model
     t = load_checkpoint(checkpoint or cfg.checkpoint_dir / "model.pt")
     evaluation = json.loads(eval_json.read_text()) if eval_json else None

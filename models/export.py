@@ -5,15 +5,20 @@
 
 Folder layout:
     item_tower.onnx   token_ids (B, T) int64, token_mask (B, T) bool  -> item_embedding (B, d)
-    user_tower.onnx   item_vectors (B, N, d) float32, mask (B, N) bool -> user_embedding (B, d)
-                      the item-tower vectors of the last N clicks, most recent at column N-1
+    user_tower.onnx   item_vectors (B, n, d) float32, mask (B, n) bool -> user_embedding (B, d)
+                      the item-tower vectors of the last n <= N clicks, most recent in the last column
     tokenizer.json    the BPE tokenizer, padding/truncation to T included
     metadata.json     model_version, dim, max_len (N), max_tokens (T), vocab_hash, data summary,
                       training summary, evaluation figures, sha256 of every file
 
 model_version is derived from the weights and the tokenizer (same training result, same version),
-so an index filled by one export and user vectors from another can be told apart. Batch is the only
-dynamic axis. Both graphs are exported with the TorchScript exporter (dynamo=False) at opset 17.
+so an index filled by one export and user vectors from another can be told apart. Batch is a
+dynamic axis of both graphs, and the user tower's clicks axis is one too: a batch of short windows
+runs on as many columns as its longest window has (windows of 4 clicks: 12.8 us a row on 4
+columns, 85.6 us padded to 50; bench/results/towers.json "user_tower_clicks"). An artifact
+exported before that has N fixed; ``recs export --upgrade DIR`` rewrites its user tower from the
+graph's own weights (same model_version, parity checked before the file is replaced). Both graphs
+are exported with the TorchScript exporter (dynamo=False) at opset 17.
 """
 
 from __future__ import annotations
@@ -53,8 +58,12 @@ def model_version(t: Trained) -> str:
     return "tt-" + hashlib.sha256(buf.getvalue()).hexdigest()[:12]
 
 
-def _export(module: nn.Module, args: tuple, path: Path, names_in: list[str], name_out: str) -> None:
-    dyn = {n: {0: "batch"} for n in names_in} | {name_out: {0: "batch"}}
+def _export(module: nn.Module, args: tuple, path: Path, names_in: list[str], name_out: str,
+            clicks_axis: bool = False) -> None:
+    """``clicks_axis``: axis 1 of every input is dynamic too (the user tower: a batch whose longest
+    window has n clicks runs on n columns, not N; bench/results/towers.json "user_tower_clicks")."""
+    dyn = {n: {0: "batch", 1: "clicks"} if clicks_axis else {0: "batch"} for n in names_in}
+    dyn[name_out] = {0: "batch"}
     torch.onnx.export(module, args, str(path), input_names=names_in, output_names=[name_out],
                       dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
 
@@ -72,7 +81,7 @@ def export(t: Trained, out_dir: Path, evaluation: dict[str, Any] | None = None) 
         vecs = torch.nn.functional.normalize(torch.randn(2, n, d), dim=-1)    # (2, N, d)
         umask = torch.ones(2, n, dtype=torch.bool)                           # (2, N)
         _export(model.user, (vecs, umask), out_dir / USER_FILE, ["item_vectors", "mask"],
-                "user_embedding")
+                "user_embedding", clicks_axis=True)
     t.tokenizer.save(str(out_dir / TOKENIZER_FILE))
     files = [ITEM_FILE, USER_FILE, TOKENIZER_FILE]
     meta = {
@@ -87,8 +96,9 @@ def export(t: Trained, out_dir: Path, evaluation: dict[str, Any] | None = None) 
         "user_encoder": cfg.user_encoder,
         "inputs": {
             "item_tower": {"token_ids": ["batch", tt, "int64"], "token_mask": ["batch", tt, "bool"]},
-            "user_tower": {"item_vectors": ["batch", n, d, "float32"], "mask": ["batch", n, "bool"],
-                           "alignment": "most recent click at column N-1; padding masked out"},
+            "user_tower": {"item_vectors": ["batch", "clicks", d, "float32"], "mask": ["batch", "clicks", "bool"],
+                           "alignment": "most recent click in the last column; padding masked out; "
+                                        f"1 <= clicks <= max_len ({n})"},
         },
         "output": "L2-normalized float32 (batch, dim); score = inner product",
         "model_config": model.config,
@@ -114,3 +124,58 @@ def export_untrained(cfg: ModelSettings, out_dir: Path, texts: list[str], seed: 
     torch.manual_seed(seed)
     tok = train_tokenizer(texts, cfg.vocab_size, cfg.max_tokens)
     return export(Trained(build_model(cfg, cfg.vocab_size).eval(), tok, cfg), out_dir)
+
+
+def upgrade_user_tower(path: Path) -> bool:
+    """Give an artifact whose user tower has N fixed the dynamic clicks axis, from the graph's own
+    weights (the ONNX initializers carry the torch parameter names): same weights, same
+    model_version. The new graph must agree with the old one on random windows before it replaces
+    it. Returns False when there was nothing to do."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from models.artifact import ArtifactError, load_artifact
+    from models.towers import UserTower
+
+    art = load_artifact(path)
+    if art.clicks_axis:
+        return False
+    meta = art.metadata
+    cfg = meta["model_config"]
+    user = UserTower(dim=cfg["dim"], hidden=cfg["hidden"], encoder=cfg["encoder"], heads=cfg["heads"],
+                     layers=cfg["layers"], max_len=cfg["max_len"]).eval()
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+               for t in onnx.load(str(path / USER_FILE)).graph.initializer}
+    try:
+        user.load_state_dict({k: weights[k] for k in user.state_dict()}, strict=True)
+    except (KeyError, RuntimeError) as e:
+        raise ArtifactError(f"{path}: the user tower's weights cannot be read back ({e}); "
+                            "export it again from its checkpoint") from None
+    n, d = art.max_len, art.dim
+    new = path / (USER_FILE + ".new")
+    with torch.no_grad():
+        vecs = torch.nn.functional.normalize(torch.randn(2, n, d), dim=-1)
+        _export(user, (vecs, torch.ones(2, n, dtype=torch.bool)), new, ["item_vectors", "mask"],
+                "user_embedding", clicks_axis=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    m = rng.random((64, n)) < 0.5
+    m[:, -1] = True
+    sess = ort.InferenceSession(str(new), providers=["CPUExecutionProvider"])
+    gap = float(np.abs(sess.run(None, {"item_vectors": x, "mask": m})[0] - art.embed_users(x, m)).max())
+    if gap > 1e-5:
+        new.unlink()
+        raise ArtifactError(f"{path}: the upgraded user tower differs from the old one by {gap:.2e}")
+    new.replace(path / USER_FILE)
+    meta["inputs"]["user_tower"] = {
+        "item_vectors": ["batch", "clicks", d, "float32"], "mask": ["batch", "clicks", "bool"],
+        "alignment": f"most recent click in the last column; padding masked out; 1 <= clicks <= max_len ({n})"}
+    meta["files"][USER_FILE] = sha256_file(path / USER_FILE)
+    meta["upgraded"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "what": "user tower: dynamic clicks axis", "max_abs_gap": gap}
+    (path / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    log.info("upgraded %s (%s): user tower takes 1..%d clicks, gap %.1e", path, meta["model_version"], n, gap)
+    return True

@@ -139,22 +139,26 @@ class UserTowerWriter:
             return BatchOutcome(dead, stats)
         lists = [last_n(list(w.items), [int(t) for t in w.tss], self.max_len) for w in windows]
         vectors = self.items.get([iid for ids, _ in lists for iid in ids])
-        d = self.artifact.dim
         rows: list[int] = []
-        item_vecs = np.zeros((len(windows), self.max_len, d), np.float32)
-        mask = np.zeros((len(windows), self.max_len), bool)
+        knowns: list[list[np.ndarray]] = []
         for b, (ids, _) in enumerate(lists):
             known = [vectors[iid] for iid in ids if iid in vectors]
             stats.unknown_items += len(ids) - len(known)
             if not known:
                 stats.no_known_items += 1
                 continue
-            item_vecs[len(rows), self.max_len - len(known):] = known   # right-aligned, most recent last
-            mask[len(rows), self.max_len - len(known):] = True
+            knowns.append(known)
             rows.append(b)
         if not rows:
             return BatchOutcome(dead, stats)
-        emb = self.artifact.embed_users(item_vecs[:len(rows)], mask[:len(rows)])
+        # as wide as the longest window of the batch (the artifact pads for a fixed-N graph)
+        width = max(len(k) for k in knowns)
+        item_vecs = np.zeros((len(rows), width, self.artifact.dim), np.float32)
+        mask = np.zeros((len(rows), width), bool)
+        for j, known in enumerate(knowns):
+            item_vecs[j, width - len(known):] = known       # right-aligned, most recent last
+            mask[j, width - len(known):] = True
+        emb = self.artifact.embed_users(item_vecs, mask)
         now = self.clock_ms()
         records = [UserRecord(windows[b].user_id, emb[j], self.model_version, lists[b][1],
                               tuple(lists[b][0]), now) for j, b in enumerate(rows)]

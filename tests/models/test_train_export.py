@@ -81,6 +81,67 @@ def test_embed_users_pads_short_histories_and_refuses_empty_rows(artifact_dir):
         art.embed_users(x[..., :5], np.ones((2, 3), bool))
 
 
+def test_user_tower_runs_on_the_columns_of_the_batchs_longest_window(artifact_dir):
+    """The clicks axis is dynamic: a batch whose longest window has 3 clicks runs on 3 columns
+    (whatever width it came in), with the result of the full N-column run."""
+    art = load_artifact(artifact_dir)
+    assert art.clicks_axis
+    meta = json.loads((artifact_dir / "metadata.json").read_text())
+    assert meta["inputs"]["user_tower"]["mask"] == ["batch", "clicks", "bool"]
+    session = art.user_session
+    widths: list[int] = []
+
+    class Spy:
+        def get_inputs(self):
+            return session.get_inputs()
+
+        def run(self, out, feed):
+            widths.append(feed["mask"].shape[1])
+            return session.run(out, feed)
+
+    art.user_session = Spy()
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, art.max_len, art.dim)).astype(np.float32)
+    m = np.zeros((4, art.max_len), bool)
+    m[:, -3:] = True
+    m[0, -3:-1] = False                                      # rows of 1 and 3 clicks
+    short = art.embed_users(x, m)
+    assert widths == [3]
+    full = session.run(None, {"item_vectors": x, "mask": m})[0]   # all N columns, as a fixed-N graph
+    np.testing.assert_allclose(short, full, atol=1e-6, rtol=0)
+
+
+def test_upgrade_gives_an_older_artifact_the_clicks_axis(trained, artifact_dir, tmp_path):
+    """An artifact exported with N fixed (before the clicks axis) still loads and pads to N;
+    `recs export --upgrade` rewrites its user tower from its own weights: same model_version,
+    same outputs, the dynamic axis, and the files' hashes still check."""
+    from models.artifact import sha256_file
+    from models.export import USER_FILE, _export, upgrade_user_tower
+
+    old = tmp_path / "old"
+    shutil.copytree(artifact_dir, old)
+    n, d = trained.settings.max_len, trained.settings.dim
+    with torch.no_grad():
+        _export(trained.model.user.eval(), (torch.randn(2, n, d), torch.ones(2, n, dtype=torch.bool)),
+                old / USER_FILE, ["item_vectors", "mask"], "user_embedding", clicks_axis=False)
+    meta = json.loads((old / "metadata.json").read_text())
+    meta["files"][USER_FILE] = sha256_file(old / USER_FILE)
+    (old / "metadata.json").write_text(json.dumps(meta))
+    fixed = load_artifact(old)
+    assert not fixed.clicks_axis
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(8, 3, d)).astype(np.float32)
+    m = np.ones((8, 3), bool)
+    m[:4, 0] = False
+    before = fixed.embed_users(x, m)
+
+    assert upgrade_user_tower(old) is True
+    up = load_artifact(old, expect_version=fixed.model_version)
+    assert up.clicks_axis and up.metadata["upgraded"]["max_abs_gap"] <= 1e-5
+    np.testing.assert_allclose(up.embed_users(x, m), before, atol=1e-5, rtol=0)
+    assert upgrade_user_tower(old) is False                  # nothing left to do
+
+
 def test_metadata_describes_the_artifact(artifact_dir, trained):
     meta = json.loads((artifact_dir / "metadata.json").read_text())
     art = load_artifact(artifact_dir)

@@ -33,6 +33,25 @@ def test_last_n_orders_by_event_time_keeps_repeats_and_arrival_order_on_ties():
         last_n(["a"], [1, 2], 3)
 
 
+def test_recent_latencies_percentiles_over_the_window_only(monkeypatch):
+    import udfs.latency as latency
+
+    now = [100.0]
+    monkeypatch.setattr(latency.time, "monotonic", lambda: now[0])
+    recent = RecentLatencies(window_s=10.0)
+    assert recent.percentile(99) == 0                         # nothing yet
+    recent.add([900.0] * 10)
+    now[0] = 105.0
+    recent.add(float(ms) for ms in range(1, 101))             # 1..100 ms
+    assert (recent.percentile(100), recent.percentile(50)) == (900, 55)
+    recent.add([])                                            # an empty batch changes nothing
+    assert recent.percentile(100) == 900
+    now[0] = 110.5                                            # the 900 ms batch leaves the window
+    assert (recent.percentile(100), recent.percentile(50), recent.percentile(99)) == (100, 50, 99)
+    recent.add([5000.0])                                      # a new batch is seen by the next read
+    assert recent.percentile(100) == 5000
+
+
 def test_top_k_counts_most_first_ties_by_id():
     assert top_k_counts(["b", "a", "c", "d"], [2, 2, 5, 1], 3) == [("c", 5), ("a", 2), ("b", 2)]
 
@@ -99,7 +118,8 @@ class FakeArtifact:
     model_version, dim, max_len = "v1", 4, 3
 
     def embed_users(self, vecs, mask):
-        assert vecs.shape == (len(vecs), 3, 4) and mask.any(axis=1).all()
+        # as wide as the batch's longest known window (at most max_len)
+        assert vecs.shape[1] == mask.sum(axis=1).max() <= 3 and vecs.shape[2] == 4 and mask.any(axis=1).all()
         return (vecs * mask[..., None]).sum(1)      # a stand-in tower: the masked sum
 
 
