@@ -9,8 +9,9 @@ Systems, given the same clicks (same seed) at the same offered rate, interleaved
 (flink, plain_consumer, then the next rate; ``--rounds`` repeats the whole sweep, best p99 kept):
 - ``flink``: jobs/user_embeddings.py submitted to the Flink standalone cluster
   (``recs.local.flink_jobs.submit(settings, "user-embeddings", parallelism=P)``);
-- ``plain_consumer``: bench/plain_consumer.py, one process (confluent-kafka poll loop, last-N in
-  Redis, the same ``UserTowerWriter``: same model, same KV writes).
+- ``plain_consumer``: bench/plain_consumer.py, as many processes in one consumer group as the job's
+  ``--parallelism`` (confluent-kafka poll loop, last-N in Redis, the same ``UserTowerWriter``: same
+  model, same KV writes).
 
 A step (one rate, one system): a fresh topic (clicks, ``kafka.topics.partitions.clicks`` partitions),
 the system started on it, primer clicks until every primer user has a KV record (start-up is never
@@ -302,46 +303,56 @@ class System(Protocol):
 
 
 class PlainConsumerSystem:
+    """``processes`` consumer processes in one group (the partitions split between them), as a
+    Python team scales the peer out; the bench gives it as many as the job's parallelism."""
+
     name = "plain_consumer"
 
-    def __init__(self, settings: Settings, tag: str, workdir: Path, fetch_wait_ms: int) -> None:
+    def __init__(self, settings: Settings, tag: str, workdir: Path, fetch_wait_ms: int, processes: int = 1) -> None:
         self.settings, self.tag, self.fetch_wait_ms = settings, tag, fetch_wait_ms
-        self.stats = workdir / f"peer-{tag}.json"
+        self.stats = [workdir / f"peer-{tag}-{k}.json" for k in range(processes)]
         self.log_path = workdir / f"peer-{tag}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         env = {**os.environ, **to_env(self.settings)}
         with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
+            self.procs = [subprocess.Popen(
                 [sys.executable, str(ROOT / "bench" / "plain_consumer.py"), "--group", f"peer-{self.tag}",
-                 "--topic", self.settings.kafka.topics.clicks, "--stats", str(self.stats),
+                 "--topic", self.settings.kafka.topics.clicks, "--stats", str(stats),
                  "--fetch-wait-ms", str(self.fetch_wait_ms)],
-                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT) for stats in self.stats]
 
     def alive(self) -> str | None:
-        if self.proc is None or self.proc.poll() is None:
-            return None
-        return f"plain_consumer exited with {self.proc.returncode}; log {self.log_path}:\n" + _tail(self.log_path)
+        for proc in self.procs:
+            if proc.poll() is not None:
+                return f"plain_consumer exited with {proc.returncode}; log {self.log_path}:\n" + _tail(self.log_path)
+        return None
 
     def pids(self) -> list[int]:
-        return tree(self.proc.pid) if self.proc else []
+        return [pid for proc in self.procs for pid in tree(proc.pid)]
 
     def batch_counters(self) -> tuple[float, float] | None:
-        try:
-            s = json.loads(self.stats.read_text())
-        except (OSError, ValueError):
-            return None
-        return float(s.get("batch_rows", 0)), float(s.get("batches", 0))
+        rows = batches = 0.0
+        for path in self.stats:
+            try:
+                s = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+            rows += float(s.get("batch_rows", 0))
+            batches += float(s.get("batches", 0))
+        return rows, batches
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
             try:
-                self.proc.wait(30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                proc.kill()
+                proc.wait(10)
 
 
 class FlinkSystem:
@@ -425,7 +436,7 @@ def run_step(settings: Settings, system_name: str, rate: int, rnd: int, catalogu
         script, overrides = FLINK_DESIGNS[system_name]
         system = FlinkSystem(with_overrides(s, user_embeddings=overrides), args.parallelism, script)
     else:
-        system = PlainConsumerSystem(s, tag, workdir, args.peer_fetch_wait_ms)
+        system = PlainConsumerSystem(s, tag, workdir, args.peer_fetch_wait_ms, processes=args.parallelism)
     log.info("step %s: %d clicks at %d/s on %s", tag, len(sched.users), rate, topic)
     try:
         system.start()
@@ -583,7 +594,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                 "user_embeddings": s.user_embeddings.model_dump(),
                 "threads_flink_worker": s.threads.flink_worker.model_dump(), "kv_embedding_dtype": s.kv.embedding_dtype,
                 "partitions": s.kafka.topics.partitions_of(s.kafka.topics.clicks),
-                "peer": {"processes": 1, "max_batch": 500, "poll_ms": 50, "fetch_wait_ms": args.peer_fetch_wait_ms},
+                "peer": {"processes": args.parallelism, "max_batch": 500, "poll_ms": 50,
+                         "fetch_wait_ms": args.peer_fetch_wait_ms},
                 "catalogue_items": len(catalogue)}
     return {"runs": runs, "settings": used}
 
