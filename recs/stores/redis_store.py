@@ -1,8 +1,10 @@
 """Redis implementation of ``EmbeddingStore``: one hash per record, writes through a Lua script.
 
 The script compares the stored ``event_ts`` with the incoming one and writes only when the new one
-is not older, inside Redis, so the check and the write are one atomic step (no WATCH retry loop).
-Batches are pipelined: one round trip for a ``get_*``/``put_*`` call of any size.
+is not older, inside Redis, so each record's check and write are one atomic step (no WATCH retry
+loop). One script call writes up to ``RECORDS_PER_CALL`` records, and the calls are pipelined: one
+round trip for a ``get_*``/``put_*`` call of any size. The keys of one call may hash to different
+cluster slots, so this store is for a single Redis (or a primary with replicas), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -32,15 +34,29 @@ from recs.stores.base import (
     user_record,
 )
 
-# KEYS[1] = record key; ARGV[1] = event_ts; ARGV[2] = ttl seconds (0 = none); ARGV[3..] = field, value
+# KEYS = record keys; per key, in ARGV: event_ts, ttl seconds (0 = none), n, then n field/value pairs.
+# Returns 1 (written) or 0 (refused: the stored record is newer) per key.
 PUT_IF_NOT_OLDER = """
-local cur = redis.call('HGET', KEYS[1], 'event_ts')
-if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'event_ts', ARGV[1], unpack(ARGV, 3))
-if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 1
+local out = {}
+local a = 1
+for i, key in ipairs(KEYS) do
+  local ts, ttl, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local cur = redis.call('HGET', key, 'event_ts')
+  if cur and tonumber(cur) > tonumber(ts) then
+    out[i] = 0
+  else
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'event_ts', ts, unpack(ARGV, a + 3, a + 2 + 2 * n))
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    out[i] = 1
+  end
+  a = a + 3 + 2 * n
+end
+return out
 """
+# Records per script call: one call for a batch costs 20 against 35 ms per 1,000 user records
+# (one call per record, pipelined), and a call of 500 holds Redis for about a millisecond.
+RECORDS_PER_CALL = 500
 
 
 def redis_client(settings: RedisSettings, timeout_s: float | None = None) -> redis.Redis:
@@ -75,13 +91,15 @@ class RedisStore:
         if not rows:
             return []
         pipe = self.client.pipeline(transaction=False)
-        for key, event_ts, ttl, fields in rows:
-            args: list[Any] = [int(event_ts), int(ttl)]
-            for name, value in fields.items():
-                if value is not None:
-                    args += [name, value]
-            self._put(keys=[key], args=args, client=pipe)
-        return [bool(r) for r in pipe.execute()]
+        for lo in range(0, len(rows), RECORDS_PER_CALL):
+            keys: list[str] = []
+            args: list[Any] = []
+            for key, event_ts, ttl, fields in rows[lo:lo + RECORDS_PER_CALL]:
+                pairs = [x for name, value in fields.items() if value is not None for x in (name, value)]
+                keys.append(key)
+                args += [int(event_ts), int(ttl), len(pairs) // 2, *pairs]
+            self._put(keys=keys, args=args, client=pipe)
+        return [bool(r) for call in pipe.execute() for r in call]
 
     # ------------------------------------------------------------------------------ records
     def get_users(self, user_ids: Sequence[str]) -> list[UserRecord | None]:

@@ -121,3 +121,27 @@ def test_user_records_expire(redis_settings, kv_settings):
     store.put_items([ItemVector("ttl", vec(0), "v1", 1)])
     assert 0 < store.client.ttl(store.key("user", "ttl")) <= 30
     assert store.client.ttl(store.key("item", "ttl")) == -1     # items never expire
+
+
+def test_redis_batches_span_script_calls_with_a_result_per_record(redis_settings, kv_settings, monkeypatch):
+    """Records go to Redis several to a script call: the event-time rule and the results stay per
+    record across call boundaries; a key of the wrong type fails the batch (the sink then writes
+    the records one by one, udfs/sinks.py)."""
+    import redis
+
+    import recs.stores.redis_store as redis_store
+
+    monkeypatch.setattr(redis_store, "RECORDS_PER_CALL", 2)
+    store = RedisStore(redis_settings, kv_settings)
+    store.client.flushdb()
+    assert store.put_users([user("u2", 200), user("u4", 400)]) == [True, True]
+    batch = [user("u1", 100), user("u2", 150), user("u3", 300), user("u4", 400, seed=4), user("u5", 1)]
+    assert store.put_users(batch) == [True, False, True, True, True]   # u2 older: refused; equal ts replaces
+    got = store.get_users(["u1", "u2", "u3", "u4", "u5"])
+    assert [g.event_ts for g in got] == [100, 200, 300, 400, 1]
+    np.testing.assert_allclose(got[3].embedding, vec(4), rtol=1e-3, atol=1e-3)   # the new one (float16)
+    store.client.set(store.key("user", "bad"), "a string")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.put_users([user("u6", 1), user("bad", 1)])
+    assert store.put_users([user("u6", 1)]) == [True]
+    store.close()
