@@ -175,7 +175,8 @@ def stream_section(d: dict[str, Any]) -> list[str]:
     systems = [s for s in ("flink", "plain_consumer") if any(s in row for row in d["by_rate"].values())]
     rows = [f"**Streaming user embeddings, click → KV record** (`make bench-stream`, `bench/results/stream.json`): "
             f"{c.get('seconds')} s measured per rate after {c.get('warmup_s')} s warm-up; Flink parallelism "
-            f"{st.get('parallelism')}, bundle {st.get('bundle_time_ms')} ms; peer: one process, fetch wait "
+            f"{st.get('parallelism')}, bundle {st.get('bundle_time_ms')} ms; peer: "
+            f"{st.get('peer', {}).get('processes', 1)} process(es), fetch wait "
             f"{st.get('peer', {}).get('fetch_wait_ms')} ms; click producer linger {c.get('producer_linger_ms', 5)} ms; "
             "latency = KV write time − ts of each measured user's "
             "last click; CPU 100 = one core (system + Redis)", "",
@@ -191,7 +192,12 @@ def stream_section(d: dict[str, Any]) -> list[str]:
                 continue
             rows.append(f"| {_fmt(int(rate))} | {s} | {_fmt(r['achieved_per_s'], 0)} | {_fmt(r['p50_ms'], 0)} | "
                         f"{_fmt(r['p99_ms'], 0)} | {_fmt(r.get('mean_batch'), 1)} | {_fmt(r['cpu_percent'], 0)} |")
+    sustained, ratio = d.get("sustained_p99_under_1s") or {}, d.get("ratio_flink_to_peer") or {}
     rows += ["", "Highest offered rate with p99 < 1 s: " + ", ".join(f"{s} {_fmt(best.get(s))}/s" for s in systems)
+             + (" (with every lower rate under 1 s too: "
+                + ", ".join(f"{s} {_fmt(sustained.get(s))}/s" for s in systems) + ")" if sustained else "")
+             + (f"; the job's ratio to the peer {ratio.get('max_rate_p99_under_1s')} "
+                f"({ratio.get('sustained_p99_under_1s')} sustained)" if ratio else "")
              + (f"; `recs probe freshness` p99 {_fmt(d['freshness_probe_p99_ms'], 0)} ms"
                 if d.get("freshness_probe_p99_ms") is not None else "")]
     fr = d.get("freshness")
@@ -207,7 +213,8 @@ def stream_section(d: dict[str, Any]) -> list[str]:
                     for rate, row in ab["by_rate"].items()]
         cfg = ab["config"]
         rows += ["", f"Ablation `{name}` (click producer linger {cfg.get('producer_linger_ms')} ms, "
-                 f"{cfg.get('clicks_per_user')} clicks per user): " + "; ".join(per_rate)]
+                 f"{cfg.get('clicks_per_user')} clicks per user, parallelism {cfg.get('parallelism', 1)}): "
+                 + "; ".join(per_rate)]
     designs = d.get("designs") or []
     if designs:
         rows += ["", "Design ablation (same data, same rate, same model and KV writes):", "",
