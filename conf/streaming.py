@@ -52,6 +52,7 @@ class UserEmbeddingSettings(Section):
     reorder_slack: int = Field(ge=0)
     state_ttl_s: int = Field(ge=0)
     arrow_batch_size: int = Field(ge=1)
+    worker_per_operator: bool
     max_batch: int = Field(ge=1)
     max_wait_ms: int = Field(ge=0)
     async_concurrency: int = Field(ge=1)

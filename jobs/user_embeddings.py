@@ -42,6 +42,9 @@ def table_config(settings: Settings) -> dict[str, str]:
     ue = settings.user_embeddings
     return {
         "pipeline.name": job_name(settings, "user_embeddings"),  # `recs jobs list` shows it (else "insert-into_...")
+        # false: every Python operator starts its own worker process (Flink's BeamPythonFunctionRunner shares
+        # one per slot when Python workers draw on managed memory), so the parse and the user tower overlap
+        "python.fn-execution.memory.managed": "false" if ue.worker_per_operator else "true",
         # uids from the plan, so a savepoint maps back onto the same operators after a restart
         "table.exec.uid.generation": "ALWAYS",
         "table.exec.state.ttl": f"{ue.state_ttl_s} s" if ue.state_ttl_s else "0 ms",
