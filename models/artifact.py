@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +93,7 @@ class Artifact:
     def max_len(self) -> int:
         return int(self.metadata["max_len"])
 
-    @property
+    @cached_property
     def clicks_axis(self) -> bool:
         """True when the user tower takes any number of clicks up to N (axis 1 symbolic)."""
         return not isinstance(self.user_session.get_inputs()[0].shape[1], int)

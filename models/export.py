@@ -68,6 +68,12 @@ def _export(module: nn.Module, args: tuple, path: Path, names_in: list[str], nam
                       dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
 
 
+def user_tower_inputs(n: int, d: int) -> dict[str, Any]:
+    """metadata.json's description of the user tower's inputs (export and upgrade write the same)."""
+    return {"item_vectors": ["batch", "clicks", d, "float32"], "mask": ["batch", "clicks", "bool"],
+            "alignment": f"most recent click in the last column; padding masked out; 1 <= clicks <= max_len ({n})"}
+
+
 def export(t: Trained, out_dir: Path, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the four files; return the metadata."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,9 +102,7 @@ def export(t: Trained, out_dir: Path, evaluation: dict[str, Any] | None = None) 
         "user_encoder": cfg.user_encoder,
         "inputs": {
             "item_tower": {"token_ids": ["batch", tt, "int64"], "token_mask": ["batch", tt, "bool"]},
-            "user_tower": {"item_vectors": ["batch", "clicks", d, "float32"], "mask": ["batch", "clicks", "bool"],
-                           "alignment": "most recent click in the last column; padding masked out; "
-                                        f"1 <= clicks <= max_len ({n})"},
+            "user_tower": user_tower_inputs(n, d),
         },
         "output": "L2-normalized float32 (batch, dim); score = inner product",
         "model_config": model.config,
@@ -170,9 +174,7 @@ def upgrade_user_tower(path: Path) -> bool:
         new.unlink()
         raise ArtifactError(f"{path}: the upgraded user tower differs from the old one by {gap:.2e}")
     new.replace(path / USER_FILE)
-    meta["inputs"]["user_tower"] = {
-        "item_vectors": ["batch", "clicks", d, "float32"], "mask": ["batch", "clicks", "bool"],
-        "alignment": f"most recent click in the last column; padding masked out; 1 <= clicks <= max_len ({n})"}
+    meta["inputs"]["user_tower"] = user_tower_inputs(n, d)
     meta["files"][USER_FILE] = sha256_file(path / USER_FILE)
     meta["upgraded"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "what": "user tower: dynamic clicks axis", "max_abs_gap": gap}
