@@ -174,7 +174,10 @@ def stream_section(d: dict[str, Any]) -> list[str]:
     best = d.get("max_rate_p99_under_1s", {})
     systems = [s for s in ("flink", "plain_consumer") if any(s in row for row in d["by_rate"].values())]
     rows = [f"**Streaming user embeddings, click → KV record** (`make bench-stream`, `bench/results/stream.json`): "
-            f"{c.get('seconds')} s measured per rate after {c.get('warmup_s')} s warm-up; Flink parallelism "
+            f"{c.get('seconds')} s measured per rate after {c.get('warmup_s')} s warm-up"
+            + (f" (and once, before the sweep, {_fmt(c['jvm_warmup']['seconds'], 0)} s of the job at "
+               f"{_fmt(c['jvm_warmup']['rate'])}/s to warm the TaskManager's JIT)" if c.get("jvm_warmup") else "")
+            + f"; Flink parallelism "
             f"{st.get('parallelism')}, bundle {st.get('bundle_time_ms')} ms; peer: "
             f"{st.get('peer', {}).get('processes', 1)} process(es), fetch wait "
             f"{st.get('peer', {}).get('fetch_wait_ms')} ms; click producer linger {c.get('producer_linger_ms', 5)} ms; "
