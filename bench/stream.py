@@ -23,6 +23,9 @@ deleted. Users are fresh per step (ids carry the step's tag), drawn so that each
 uniformly from the catalogue whose vectors the bench wrote to KV first (``--data`` listings, the
 artifact's item tower).
 
+Before the sweep, when the job is among the systems, one unmeasured step of it (``--jvm-warmup-s`` at
+``--jvm-warmup-rate``) warms the TaskManager's JIT, as a long-running TaskManager is (``jvm_warmup``).
+
 Measured (the same way for both systems, from KV only):
 - latency: after each step, every measured user's record is read back once; its ``updated_ts``
   (wall ms of the write) minus the send time of that user's last click, when the record reflects
