@@ -128,16 +128,18 @@ def flink_slots_free(settings: Settings, timeout_s: float = 120.0) -> None:
     A job an earlier test left cancelling, or a TaskManager that went away, would otherwise fail the
     next test with NoResourceAvailable and a message about something else (CI, stop 13: five Flink
     tests timed out that way, after the tests before them passed). Jobs still running are cancelled;
-    a TaskManager whose process is gone is started again, with a warning that quotes its log."""
+    a TaskManager whose process is gone is started again, with a warning that quotes its log. It is
+    checked on every pass, not once: a TaskManager that was still shutting down when the wait began
+    (CI, stop 16: it died on the previous test's job cancel and was still exiting) is restarted too."""
     from recs.local import flink_jobs
 
     fl = Flink(settings)
-    if not fl.taskmanager_pids():
-        warnings.warn(f"the Flink TaskManager process was gone before this test; starting it again. "
-                      f"Its log ends:\n{_flink_log_tail(fl)}", stacklevel=2)
-        fl.start_taskmanager()
     deadline = time.monotonic() + timeout_s
     while True:
+        if not fl.taskmanager_pids():
+            warnings.warn(f"the Flink TaskManager process was gone before this test; starting it again. "
+                          f"Its log ends:\n{_flink_log_tail(fl)}", stacklevel=2)
+            fl.start_taskmanager()
         o = fl.overview() or {}
         left = [j for j in flink_jobs.list_jobs(settings) if j["state"] not in ENDED] if o else []
         if not left and o.get("taskmanagers", 0) >= 1 and 1 <= o.get("slots-total", 0) == o.get("slots-available"):
