@@ -602,8 +602,9 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         catalogue = seed_items(s, args.data, args.items)
         redis = redis_client(s.redis, timeout_s=30)
         redis_pid = Redis(s).pid() if not args.external else _listener(s.redis.port)
-        warmups = [jvm_warmup(s, system, catalogue, args, redis, [redis_pid] if redis_pid else [], Path(work))
-                   for system in args.systems if system.startswith("flink") and args.jvm_warmup_s > 0][:1]
+        first_flink = next((x for x in args.systems if x.startswith("flink")), None)
+        warmup = (jvm_warmup(s, first_flink, catalogue, args, redis, [redis_pid] if redis_pid else [], Path(work))
+                  if first_flink and args.jvm_warmup_s > 0 else None)
         for rnd in range(args.rounds):
             for rate in args.rates:
                 for system in args.systems:
@@ -624,7 +625,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                 "peer": {"processes": args.parallelism, "max_batch": 500, "poll_ms": 50,
                          "fetch_wait_ms": args.peer_fetch_wait_ms},
                 "catalogue_items": len(catalogue)}
-    return {"runs": runs, "settings": used, "jvm_warmup": warmups[0] if warmups else None}
+    return {"runs": runs, "settings": used, "jvm_warmup": warmup}
 
 
 def jvm_warmup(settings: Settings, system: str, catalogue: list[str], args: argparse.Namespace, redis: Any,
