@@ -112,13 +112,26 @@ class Schedule:
         return cls(users, items, np.array(measured, bool))
 
 
-def click_prefixes(sched: Schedule) -> list[bytes]:
-    """Each click's JSON up to its ts (``... "ts": `` ); the producer appends ts and ``}``."""
-    return [(json.dumps({"user_id": u, "item_id": i, "event": "click"}, ensure_ascii=False)[:-1]
-             + ', "ts": ').encode() for u, i in zip(sched.users, sched.items, strict=True)]
+CLICK_FORMS = ("canonical", "reordered")
 
 
-def produce_paced(kafka: dict[str, Any], topic: str, keys: list[bytes], prefixes: list[bytes],
+def click_prefixes(sched: Schedule, form: str = "canonical") -> tuple[list[bytes], bytes]:
+    """Each click's JSON up to its ts, and what follows the ts; the producer writes prefix + ts + suffix.
+
+    ``canonical``: ``Click.to_json``'s form (user_id, item_id, ts, event), as every producer of this
+    project writes it; the job reads it in Java. ``reordered``: the same fields with ``ts`` last, a
+    valid click the job leaves to its Python parser (the harder protocol for the job, the same work
+    for the plain consumer)."""
+    if form == "canonical":
+        return [(json.dumps({"user_id": u, "item_id": i, "ts": 0}, ensure_ascii=False)[:-2]).encode()
+                for u, i in zip(sched.users, sched.items, strict=True)], b', "event": "click"}'
+    if form == "reordered":
+        return [(json.dumps({"user_id": u, "item_id": i, "event": "click"}, ensure_ascii=False)[:-1]
+                 + ', "ts": ').encode() for u, i in zip(sched.users, sched.items, strict=True)], b"}"
+    raise ValueError(f"unknown click form {form!r}: one of {CLICK_FORMS}")
+
+
+def produce_paced(kafka: dict[str, Any], topic: str, keys: list[bytes], prefixes: list[bytes], suffix: bytes,
                   rate: float, start_in_s: float, out_path: str, started: Any, linger_ms: int = 5) -> None:
     """Child process: once ready, put t0 (wall time, ``start_in_s`` from now) on ``started``, then
     send click i at ``t0 + i / rate`` (absolute schedule: a late send is caught up at once, never
@@ -141,7 +154,7 @@ def produce_paced(kafka: dict[str, Any], topic: str, keys: list[bytes], prefixes
             for j in range(i, due):
                 while True:
                     try:
-                        producer.produce(topic, value=prefixes[j] + str(ts).encode() + b"}", key=keys[j])
+                        producer.produce(topic, value=prefixes[j] + str(ts).encode() + suffix, key=keys[j])
                         break
                     except BufferError:
                         producer.poll(0.01)
@@ -491,7 +504,8 @@ def run_step(settings: Settings, system_name: str, rate: int, rnd: int, catalogu
         out_npz = workdir / f"sent-{tag}.npz"
         ctx = mp.get_context("spawn")
         started_q = ctx.Queue()
-        child = ctx.Process(target=produce_paced, args=(kafka, topic, keys, click_prefixes(sched), float(rate),
+        prefixes, suffix = click_prefixes(sched, args.click_form)
+        child = ctx.Process(target=produce_paced, args=(kafka, topic, keys, prefixes, suffix, float(rate),
                                                         0.5, str(out_npz), started_q, args.producer_linger_ms),
                             daemon=True)
         child.start()
@@ -718,6 +732,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--external", action="store_true", help="use the stack the settings name (make up)")
     ap.add_argument("--out", type=Path, default=RESULTS / "stream.json")
+    ap.add_argument("--click-form", choices=CLICK_FORMS, default="canonical",
+                    help="the clicks' JSON: canonical (Click.to_json, read in Java by the job) or reordered "
+                         "(ts last: the job's Python parser reads every click)")
     ap.add_argument("--producer-linger-ms", type=int, default=None,
                     help="the paced producer's linger.ms (default kafka.producer_linger_ms)")
     ap.add_argument("--ablation", default=None, help="store this sweep under ablations.NAME, leaving the headline")
@@ -758,7 +775,7 @@ def main(argv: list[str] | None = None) -> None:
             "config": {"rates": args.rates, "systems": args.systems, "warmup_s": args.warmup_s,
                        "seconds": args.seconds, "jvm_warmup": out["jvm_warmup"],
                        "clicks_per_user": args.clicks_per_user,
-                       "producer_linger_ms": args.producer_linger_ms, "seed": args.seed,
+                       "producer_linger_ms": args.producer_linger_ms, "seed": args.seed, "click_form": args.click_form,
                        "parallelism": args.parallelism, "rounds": args.rounds},
             "wall_s": round(time.time() - started, 1)}
         args.out.write_text(json.dumps(previous, indent=2) + "\n")
@@ -787,7 +804,8 @@ def main(argv: list[str] | None = None) -> None:
         "config": {"rates": args.rates, "systems": args.systems, "warmup_s": args.warmup_s, "seconds": args.seconds,
                    "jvm_warmup": out["jvm_warmup"], "producer_linger_ms": args.producer_linger_ms,
                    "drain_s": args.drain_s, "clicks_per_user": args.clicks_per_user, "rounds": args.rounds,
-                   "seed": args.seed, "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT)
+                   "seed": args.seed, "click_form": args.click_form,
+                   "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT)
                                                   else args.data)},
         "runs": out["runs"],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),

@@ -72,7 +72,8 @@ def make_env(settings: Settings) -> StreamExecutionEnvironment:
     return env
 
 
-def _sql_string(value: str) -> str:
+def sql_string(value: str) -> str:
+    """A SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -120,7 +121,7 @@ def create_kafka_table(t_env: StreamTableEnvironment, name: str, columns: str, o
     """``CREATE TEMPORARY TABLE`` with these columns and connector options; returns the table name
     (it shows in the operator's vertex name)."""
     table = "".join(c if c.isalnum() else "_" for c in name)
-    with_clause = ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in options.items())
+    with_clause = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in options.items())
     t_env.execute_sql(f"CREATE TEMPORARY TABLE `{table}` ({columns}) WITH ({with_clause})")
     return table
 

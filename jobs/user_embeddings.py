@@ -28,10 +28,11 @@ rewrite the same records: each user's record equals the one computed from the wh
 from __future__ import annotations
 
 from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironment, Table
-from pyflink.table.udf import udf
+from pyflink.table.udf import udf, udtf
 
 from conf import Settings, load_settings
-from jobs.flink_env import create_kafka_table, job_name, kafka_options, make_env, run_or_explain
+from jobs.flink_env import create_kafka_table, job_name, kafka_options, make_env, run_or_explain, sql_string
+from recs.contracts import canonical_click_form
 from udfs.user_embedding import PARSED, EmbedUsers, EmbedUsersAsync, ParseClicks, WriteTrending
 
 GROUP_ID = "user-embeddings"
@@ -60,22 +61,78 @@ def table_config(settings: Settings) -> dict[str, str]:
     }
 
 
+def _canonical(settings: Settings, s: str, field: str) -> str:
+    """SQL: ``field`` (user_id, item_id or ts, a string) of the raw click text ``s`` when it is in the
+    canonical form (``recs.contracts.canonical_click_form``), else NULL."""
+    form = canonical_click_form(settings.contracts)
+    return f"REGEXP_EXTRACT({s}, {sql_string(form.pattern)}, {form.groups[field]})"
+
+
 def click_columns(settings: Settings) -> str:
     """Columns of the clicks source: the raw value, and the event time the trending windows use.
 
     The watermark is declared here, in the source, so that Flink tracks it per Kafka partition (the
     minimum over partitions, ``table.exec.source.idle-timeout`` for a partition without clicks): a
     watermark computed after the partitions are merged would jump ahead on one partition's clicks
-    and drop the others' as late. ``rt`` reads ``ts`` from the JSON in Java; it only places a record
-    in time (the parser decides validity): unreadable → 0 (never moves the watermark), later than the
-    contract accepts (``max_future_skew_ms``) → capped, so one hostile record cannot push it ahead."""
+    and drop the others' as late. ``rt`` reads ``ts`` in Java (the canonical form's digits, else
+    ``JSON_VALUE``); it only places a record in time (the parser decides validity): unreadable → 0
+    (never moves the watermark), later than the contract accepts (``max_future_skew_ms``) → capped,
+    so one hostile record cannot push it ahead."""
     c = settings.contracts
-    ts = "TRY_CAST(JSON_VALUE(CAST(`value` AS STRING), '$.ts') AS BIGINT)"
+    text = "CAST(`value` AS STRING)"
+    ts = (f"COALESCE(TRY_CAST({_canonical(settings, text, 'ts')} AS BIGINT), "
+          f"TRY_CAST(JSON_VALUE({text}, '$.ts') AS BIGINT), 0)")
     now_cap = f"CAST(UNIX_TIMESTAMP() AS BIGINT) * 1000 + {c.max_future_skew_ms}"
     delay = settings.user_embeddings.trending_max_delay_ms
     return (f"`value` BYTES, "
-            f"`rt` AS TO_TIMESTAMP_LTZ(LEAST(COALESCE({ts}, 0), {now_cap}), 3), "
+            f"`rt` AS TO_TIMESTAMP_LTZ(LEAST({ts}, {now_cap}), 3), "
             f"WATERMARK FOR `rt` AS `rt` - INTERVAL '{delay / 1000:.3f}' SECOND")
+
+
+def read_clicks(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) -> None:
+    """Views ``clicks_valid`` (user_id, item_id, ts, pt, rt) and ``clicks_dead`` (dead) of the raw clicks.
+
+    Two paths, one contract. A click in the canonical form (what ``Click.to_json`` and every producer
+    of this project write) is read in Java: the regex generated from the contract's field table, and
+    its ``ts`` bounds. Every other value (another field order, escapes, non-ASCII ids, a session id,
+    anything malformed) goes to ``ParseClicks``, the Python parser, row at a time. A record the Java
+    path accepts is one the parser accepts with the same values (tests/recs/test_contracts.py), so the
+    split changes the cost, never the outcome (bench/results/stream.json "parse_paths").
+
+    The split must send each record one way: ``now_ms`` is read once a record, before the DataStream
+    round trip, so that both branches test the same value (``UNIX_TIMESTAMP()`` in each branch would
+    be read twice, and a click at the future limit could go both ways or neither). The round trip
+    also keeps the Python call on the rows that need it (a filter written after a Python call in one
+    SQL query is applied after it)."""
+    c = settings.contracts
+    text = "CAST(`value` AS STRING)"
+    read = t_env.sql_query(f"""
+        SELECT `value`, {_canonical(settings, text, 'user_id')} AS user_id,
+               {_canonical(settings, text, 'item_id')} AS item_id,
+               CAST({_canonical(settings, text, 'ts')} AS BIGINT) AS ts,
+               CAST(UNIX_TIMESTAMP() AS BIGINT) * 1000 AS now_ms, rt
+        FROM `{clicks_table}`""")
+    schema = (Schema.new_builder()
+              .column("value", DataTypes.BYTES()).column("user_id", DataTypes.STRING())
+              .column("item_id", DataTypes.STRING()).column("ts", DataTypes.BIGINT())
+              .column("now_ms", DataTypes.BIGINT()).column("rt", DataTypes.TIMESTAMP_LTZ(3))
+              .column_by_expression("pt", "PROCTIME()")
+              .column_by_expression("java_path", f"user_id IS NOT NULL AND ts >= {c.min_ts_ms} "
+                                                 f"AND ts <= now_ms + {c.max_future_skew_ms}")
+              .watermark("rt", "SOURCE_WATERMARK()")
+              .build())
+    t_env.create_temporary_view("clicks_read", t_env.from_data_stream(t_env.to_data_stream(read), schema))
+    t_env.create_temporary_function("parse_clicks", udtf(ParseClicks(settings), result_types=PARSED))
+    t_env.create_temporary_view("clicks_parsed", t_env.sql_query("""
+        SELECT p.user_id, p.item_id, p.ts, p.dead, pt, rt
+        FROM clicks_read, LATERAL TABLE(parse_clicks(`value`)) AS p(user_id, item_id, ts, dead)
+        WHERE java_path IS NOT TRUE"""))
+    t_env.create_temporary_view("clicks_valid", t_env.sql_query("""
+        SELECT user_id, item_id, ts, pt, rt FROM clicks_read WHERE java_path
+        UNION ALL
+        SELECT user_id, item_id, ts, pt, rt FROM clicks_parsed WHERE dead IS NULL"""))
+    t_env.create_temporary_view("clicks_dead", t_env.sql_query(
+        "SELECT dead FROM clicks_parsed WHERE dead IS NOT NULL"))
 
 
 def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) -> Table:
@@ -83,23 +140,7 @@ def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) 
     Returns the dead letters of every step as one STRING column (the KV writes happen inside the
     UDFs); tests swap the source and sinks."""
     ue = settings.user_embeddings
-    t_env.create_temporary_function("parse_clicks", udf(ParseClicks(settings), result_type=PARSED,
-                                                        func_type="pandas"))
-    parsed = t_env.sql_query(f"SELECT r.user_id AS user_id, r.item_id AS item_id, r.ts AS ts, r.dead AS dead, "
-                             f"rt FROM (SELECT parse_clicks(`value`) AS r, rt FROM `{clicks_table}`)")
-    # One parse per record: the parsed rows go through a DataStream, so both branches below read the
-    # same operator (two SQL branches would each get their own copy of the Python call). The source's
-    # per-partition watermarks travel with it (SOURCE_WATERMARK()).
-    schema = (Schema.new_builder()
-              .column("user_id", DataTypes.STRING()).column("item_id", DataTypes.STRING())
-              .column("ts", DataTypes.BIGINT()).column("dead", DataTypes.STRING())
-              .column("rt", DataTypes.TIMESTAMP_LTZ(3))
-              .column_by_expression("pt", "PROCTIME()")
-              .watermark("rt", "SOURCE_WATERMARK()")
-              .build())
-    t_env.create_temporary_view("clicks_parsed", t_env.from_data_stream(t_env.to_data_stream(parsed), schema))
-    t_env.create_temporary_view("clicks_valid", t_env.sql_query(
-        "SELECT user_id, item_id, ts, pt, rt FROM clicks_parsed WHERE user_id IS NOT NULL AND dead IS NULL"))
+    read_clicks(t_env, settings, clicks_table)
 
     window_rows = settings.model.max_len + ue.reorder_slack
     t_env.create_temporary_view("user_windows", t_env.sql_query(f"""
@@ -123,7 +164,7 @@ def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) 
         FROM TABLE(TUMBLE(TABLE item_counts, DESCRIPTOR(hop_time), INTERVAL '{ue.trending_slide_s}' SECOND(9)))
         GROUP BY window_start, window_end"""))
     dead = t_env.sql_query("""
-        SELECT dead FROM clicks_parsed WHERE dead IS NOT NULL
+        SELECT dead FROM clicks_dead
         UNION ALL
         SELECT dead FROM (SELECT embed_users(user_id, items, tss) AS dead FROM user_windows) WHERE dead IS NOT NULL
         UNION ALL

@@ -3,19 +3,20 @@
 Flink keeps the state (the OVER window of each user's recent clicks, the trending counts); Python gets
 whole batches:
 
-- ``ParseClicks`` (vectorized, Arrow batches): raw Kafka values → ROW(user_id, item_id, ts, dead).
+- ``ParseClicks`` (table function, row at a time): a raw Kafka value that is not a canonical click
+  (``recs.contracts.canonical_click_form``; the job reads those in Java) → (user_id, item_id, ts, dead).
   The logic is the project's one parser (``recs.contracts.parse_or_error``): a valid click has
   ``dead`` NULL; a rejected value has ``dead`` = its dead-letter JSON (stage ``parse``, field, reason,
-  the raw bytes), counted in ``recs.dead_letters.<field>``; a null value (tombstone) has every column
-  NULL except ``ts`` and is counted in ``recs.null_values``. ``ts`` is never NULL (0 when there is no
-  click): the job's watermark is computed from it.
+  the raw bytes), counted in ``recs.dead_letters.<field>``; a null value (tombstone) gives no row and
+  is counted in ``recs.null_values``.
 - ``EmbedUsers`` (vectorized) and ``EmbedUsersAsync`` (``AsyncScalarFunction``, micro-batched by
   ``udfs/batcher.py``): the user's window → ``UserTowerWriter.process`` (udfs/user_tower.py: last-N,
   item vectors, one ONNX run, one KV write per batch). They return NULL, or the dead-letter JSON of a
   write the store refused for good. ``user_embeddings.udf`` in settings picks one.
 - ``WriteTrending``: a window's item counts → the top ``trending_top_k`` → the KV trending list.
 
-Metrics (group ``recs``): valid_records, null_values, dead_letters.<field>, user_records_written,
+Metrics (group ``recs``): valid_records (counted where the windows reach the user tower: one a valid
+click, whichever path read it), null_values, dead_letters.<field>, user_records_written,
 stale_writes, unknown_items, no_known_items, sink_dead_letters, batches, batch_rows (mean batch =
 batch_rows / batches), and gauges click_to_kv_p50_ms / click_to_kv_p99_ms / click_to_kv_max_ms over
 the writes of the last ``LATENCY_WINDOW_S`` seconds (event time of the newest click → KV write).
@@ -28,10 +29,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 from pyflink.table import DataTypes
-from pyflink.table.udf import AsyncScalarFunction, ScalarFunction
+from pyflink.table.udf import AsyncScalarFunction, ScalarFunction, TableFunction
 
 from recs.contracts import Click, ContractError, parse_or_error
 from recs.dead_letters import dead_letter
@@ -46,13 +46,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LATENCY_WINDOW_S = 10.0
 
-PARSED = DataTypes.ROW([DataTypes.FIELD("user_id", DataTypes.STRING()),
-                        DataTypes.FIELD("item_id", DataTypes.STRING()),
-                        DataTypes.FIELD("ts", DataTypes.BIGINT()),
-                        DataTypes.FIELD("dead", DataTypes.STRING())])
+PARSED = [DataTypes.STRING(), DataTypes.STRING(), DataTypes.BIGINT(), DataTypes.STRING()]  # user_id, item_id, ts, dead
 
 
-class ParseClicks(ScalarFunction):
+class ParseClicks(TableFunction):
+    """Row at a time, for the clicks the job cannot read in Java (not in the canonical form): one row
+    (user_id, item_id, ts, NULL) for a valid click, (NULL, NULL, 0, dead letter) for a rejected one,
+    none for a null value (counted in ``recs.null_values``). The job calls it only on those rows
+    (jobs/user_embeddings.py), so a stream in the canonical form never enters Python here."""
+
     def __init__(self, settings: Settings) -> None:
         self.limits = settings.contracts
         self.topic = settings.kafka.topics.clicks
@@ -62,38 +64,21 @@ class ParseClicks(ScalarFunction):
 
     def open(self, function_context: Any) -> None:
         group = function_context.get_metric_group().add_group("recs")
-        self._valid = group.counter("valid_records")
         self._nulls = group.counter("null_values")
         self._dead = DeadLetterCounters(group)
 
-    def eval(self, values: pd.Series) -> pd.DataFrame:
-        users: list[str | None] = []
-        items: list[str | None] = []
-        tss: list[int] = []
-        dead: list[str | None] = []
-        valid = nulls = 0
-        for value in values:
-            user = item = letter = None
-            ts = 0
-            if value is None:
-                nulls += 1
-            else:
-                raw = bytes(value)
-                record = parse_or_error("click", raw, self.limits)
-                if isinstance(record, Click):
-                    valid += 1
-                    user, item, ts = record.user_id, record.item_id, record.ts
-                else:
-                    assert isinstance(record, ContractError)
-                    self._dead.count(record)
-                    letter = dead_letter(raw, record, self.topic)
-            users.append(user)
-            items.append(item)
-            tss.append(ts)
-            dead.append(letter)
-        self._valid.inc(valid)
-        self._nulls.inc(nulls)
-        return pd.DataFrame({"user_id": users, "item_id": items, "ts": np.asarray(tss, np.int64), "dead": dead})
+    def eval(self, value: bytes | None) -> Any:
+        if value is None:
+            self._nulls.inc()
+            return
+        raw = bytes(value)
+        record = parse_or_error("click", raw, self.limits)
+        if isinstance(record, Click):
+            yield record.user_id, record.item_id, record.ts, None
+        else:
+            assert isinstance(record, ContractError)
+            self._dead.count(record)
+            yield None, None, 0, dead_letter(raw, record, self.topic)
 
 
 class _Embedder:
@@ -114,8 +99,8 @@ class _Embedder:
         log.info("user tower %s on %s", self.artifact.model_version, self.artifact.providers)
         g = function_context.get_metric_group().add_group("recs")
         self._counters = {name: g.counter(name) for name in (
-            "user_records_written", "stale_writes", "unknown_items", "no_known_items", "sink_dead_letters",
-            "batches", "batch_rows")}
+            "valid_records", "user_records_written", "stale_writes", "unknown_items", "no_known_items",
+            "sink_dead_letters", "batches", "batch_rows")}
         self._recent = RecentLatencies(LATENCY_WINDOW_S)
         self._recent.register(g, "click_to_kv", self._latency)
 
@@ -131,6 +116,7 @@ class _Embedder:
         c["sink_dead_letters"].inc(stats.dead_letters)
         c["batches"].inc(1)
         c["batch_rows"].inc(stats.size)
+        c["valid_records"].inc(stats.size)     # one window a valid click, whichever path parsed it
         self._recent.add(stats.latencies_ms)
 
     def _run(self, windows: Sequence[UserWindow]) -> list[str | None]:

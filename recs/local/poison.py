@@ -80,6 +80,8 @@ def click_poison(limits: ContractSettings) -> list[Poison]:
         # bytes and JSON syntax
         Poison("bad UTF-8", b"\xff\xfe\x00 binary", "$", "not valid UTF-8 at byte 0"),
         Poison("UTF-8-encoded surrogate", valid.replace(b"u-poison", b"u\xed\xa0\x80"), "$", "not valid UTF-8"),
+        Poison("bad UTF-8 in an id", valid.replace(b"u-poison", b"u-poi\xffson"), "$", "not valid UTF-8"),
+        Poison("U+2028 after the record", valid + "\u2028".encode(), "$", "not valid JSON: Extra data"),
         Poison("truncated JSON", valid[: len(valid) // 2], "$", "not valid JSON"),
         Poison("empty value", b"", "$", "not valid JSON"),
         Poison("BOM", b"\xef\xbb\xbf" + valid, "$", "byte order mark"),
