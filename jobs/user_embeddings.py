@@ -3,8 +3,9 @@
     recs jobs submit user-embeddings [--parallelism P] [--from-savepoint PATH]
 
     clicks (Kafka, raw bytes)
-      └─ ParseClicks (vectorized: the contract parser on Arrow batches) ──(bad)──────────► clicks.dlq
-           └─ valid clicks, event time = ts
+      ├─ canonical clicks (Click.to_json's form): read in Java, regex generated from the contract
+      └─ every other value: ParseClicks (the contract parser, row at a time) ──(bad)─────► clicks.dlq
+           └─ valid clicks of both paths, event time = ts
                 ├─ per user: the last max_len + reorder_slack clicks        (Flink SQL OVER window:
                 │   ARRAY_AGG(item_id), ARRAY_AGG(ts) ROWS ... PRECEDING     Java state, checkpointed, TTL)
                 │     └─ EmbedUsers | EmbedUsersAsync (user_embeddings.udf)
@@ -15,8 +16,9 @@
 
 Why this shape (docs/streaming.md, bench/results/stream.json "designs"): per-record Python work is what
 limits a PyFlink job on a small machine, so the state lives in Flink's own (Java) operators and Python
-sees whole batches: the parser and the user tower run once per Arrow batch (or per micro-batch of
-concurrent async calls), the KV reads and writes once per batch.
+sees whole batches: the user tower runs once per Arrow batch (or per micro-batch of concurrent async
+calls), the KV reads and writes once per batch; a click in the canonical form never enters Python
+before its window does.
 
 Delivery: Kafka offsets and the window state are in the same checkpoints (exactly-once state); the KV
 writes and the dead-letter topic are at-least-once, and the KV write is idempotent (the event-time
