@@ -180,7 +180,8 @@ def stream_section(d: dict[str, Any]) -> list[str]:
             + f"; Flink parallelism "
             f"{st.get('parallelism')}, bundle {st.get('bundle_time_ms')} ms; peer: "
             f"{st.get('peer', {}).get('processes', 1)} process(es), fetch wait "
-            f"{st.get('peer', {}).get('fetch_wait_ms')} ms; click producer linger {c.get('producer_linger_ms', 5)} ms; "
+            f"{st.get('peer', {}).get('fetch_wait_ms')} ms; click producer linger {c.get('producer_linger_ms', 5)} ms, "
+            f"clicks in the {c.get('click_form', 'reordered')} form; "
             "latency = KV write time − ts of each measured user's "
             "last click; CPU 100 = one core (system + Redis)", "",
             "| offered/s | system | achieved/s | p50 ms | p99 ms | mean ONNX batch | CPU % |",

@@ -16,7 +16,8 @@ whole batches:
 - ``WriteTrending``: a window's item counts → the top ``trending_top_k`` → the KV trending list.
 
 Metrics (group ``recs``): valid_records (counted where the windows reach the user tower: one a valid
-click, whichever path read it), null_values, dead_letters.<field>, user_records_written,
+click, whichever path read it), parsed_in_python (values the Java path left to the parser: how much
+of the stream is not in the canonical form), null_values, dead_letters.<field>, user_records_written,
 stale_writes, unknown_items, no_known_items, sink_dead_letters, batches, batch_rows (mean batch =
 batch_rows / batches), and gauges click_to_kv_p50_ms / click_to_kv_p99_ms / click_to_kv_max_ms over
 the writes of the last ``LATENCY_WINDOW_S`` seconds (event time of the newest click → KV write).
@@ -65,12 +66,14 @@ class ParseClicks(TableFunction):
     def open(self, function_context: Any) -> None:
         group = function_context.get_metric_group().add_group("recs")
         self._nulls = group.counter("null_values")
+        self._parsed = group.counter("parsed_in_python")
         self._dead = DeadLetterCounters(group)
 
     def eval(self, value: bytes | None) -> Any:
         if value is None:
             self._nulls.inc()
             return
+        self._parsed.inc()
         raw = bytes(value)
         record = parse_or_error("click", raw, self.limits)
         if isinstance(record, Click):

@@ -125,6 +125,11 @@ def _metric(metrics, name):
     return sum(v for k, v in metrics.items() if k.endswith(f".recs.{name}"))
 
 
+def _reordered(click):
+    """A valid click that is not in the canonical form (recs.contracts.canonical_click_form)."""
+    return json.dumps({"ts": click.ts, "event": "click", "user_id": click.user_id, "item_id": click.item_id}).encode()
+
+
 def _produce(s, values, keys):
     p = Producer(s.kafka.client_config())
     for i, (key, value) in enumerate(zip(keys, values, strict=True)):
@@ -151,7 +156,10 @@ def test_poison_records_leave_the_job_running_and_every_valid_click_reflected(
     burst = [Click(f"late-{n}", ITEMS[k], TS + 60_000 + n) for n, k in enumerate(
         k for k in range(8) for _ in range(10 - k))]
     corpus = click_poison(s.contracts)
-    values = list(interleave([c.to_json().encode() for c in valid], [x.raw for x in corpus], SEED))
+    # every 5th valid click with ts first: not the canonical form, so the Python parser reads it
+    reordered = {i for i in range(len(valid)) if i % 5 == 0}
+    values = list(interleave([_reordered(c) if i in reordered else c.to_json().encode() for i, c in enumerate(valid)],
+                             [x.raw for x in corpus], SEED))
     keys = [f"k{i}".encode() for i in range(len(values))]
     job = submitted(s)
     _produce(s, [*values, None, *(c.to_json().encode() for c in burst)],
@@ -206,6 +214,8 @@ def test_poison_records_leave_the_job_running_and_every_valid_click_reflected(
         return m if _metric(m, "valid_records") == len(valid) + len(burst) and _metric(m, "null_values") == 1 else None
 
     m = wait_for(settled, 60, "job metrics")
+    # the parser read the poison and the reordered clicks, and no canonical click
+    assert _metric(m, "parsed_in_python") == len(corpus) + len(reordered)
     assert _metric(m, "unknown_items") >= 1 and _metric(m, "no_known_items") >= 1
     assert _metric(m, "batch_rows") / _metric(m, "batches") > 1, "the UDF formed no real batches"
 
