@@ -345,23 +345,24 @@ def canonical_click_form(limits: ContractSettings) -> CanonicalForm:
     (U+2028 included, which is not JSON whitespace)."""
     parts: list[str] = []
     groups: dict[str, int] = {}
+    size = 2                                # {}
     for name, kind, required in CLICK_FIELDS:
         if not required:
             continue
         if kind == "id":
-            value = f'"([{CANONICAL_ID_CHARS}]{{1,{limits.max_id_chars}}})"'
+            value, longest = f'"([{CANONICAL_ID_CHARS}]{{1,{limits.max_id_chars}}})"', limits.max_id_chars + 2
         elif kind == "ts":
-            value = f"([1-9][0-9]{{0,{CANONICAL_TS_DIGITS - 1}}})"
+            value, longest = f"([1-9][0-9]{{0,{CANONICAL_TS_DIGITS - 1}}})", CANONICAL_TS_DIGITS
         elif kind.startswith("enum:") and len(kind[5:].split(",")) == 1:
-            value = '"' + re.escape(kind[5:]) + '"'
+            value, longest = '"' + re.escape(kind[5:]) + '"', len(kind[5:]) + 2
         else:
             raise AssertionError(f"no canonical form for a {kind} field")
-        if value.startswith(('"(', "([")):
+        if kind in ("id", "ts"):
             groups[name] = len(groups) + 1
         parts.append(f'"{name}": ?{value}')
-    longest = 2 + sum(len(n) + 6 for n, _, r in CLICK_FIELDS if r) + 2 * limits.max_id_chars + CANONICAL_TS_DIGITS + 8
-    if longest > limits.max_record_bytes:
-        raise AssertionError(f"a canonical click can be {longest} bytes, over max_record_bytes")
+        size += len(name) + 5 + longest        # "name": value,
+    if size > limits.max_record_bytes:     # the parser would refuse a record this long
+        raise AssertionError(f"a canonical click can be {size} bytes, over max_record_bytes")
     return CanonicalForm(r"^\{" + ", ?".join(parts) + r"\}\z", groups)
 
 
