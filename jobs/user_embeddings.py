@@ -34,7 +34,7 @@ from pyflink.table.udf import udf, udtf
 
 from conf import Settings, load_settings
 from jobs.flink_env import create_kafka_table, job_name, kafka_options, make_env, run_or_explain, sql_string
-from recs.contracts import canonical_click_form
+from recs.canonical import canonical_click_form
 from udfs.user_embedding import PARSED, EmbedUsers, EmbedUsersAsync, ParseClicks, WriteTrending
 
 GROUP_ID = "user-embeddings"
@@ -65,7 +65,7 @@ def table_config(settings: Settings) -> dict[str, str]:
 
 def _canonical(settings: Settings, s: str, field: str) -> str:
     """SQL: ``field`` (user_id, item_id or ts, a string) of the raw click text ``s`` when it is in the
-    canonical form (``recs.contracts.canonical_click_form``), else NULL."""
+    canonical form (``recs.canonical.canonical_click_form``), else NULL."""
     form = canonical_click_form(settings.contracts)
     return f"REGEXP_EXTRACT({s}, {sql_string(form.pattern)}, {form.groups[field]})"
 
@@ -98,7 +98,7 @@ def read_clicks(t_env: StreamTableEnvironment, settings: Settings, clicks_table:
     of this project write) is read in Java: the regex generated from the contract's field table, and
     its ``ts`` bounds. Every other value (another field order, escapes, non-ASCII ids, a session id,
     anything malformed) goes to ``ParseClicks``, the Python parser, row at a time. A record the Java
-    path accepts is one the parser accepts with the same values (tests/recs/test_contracts.py), so the
+    path accepts is one the parser accepts with the same values (tests/recs/test_canonical.py), so the
     split changes the cost, never the outcome (bench/results/stream.json "parse_paths").
 
     The split must send each record one way: ``now_ms`` is read once a record, before the DataStream

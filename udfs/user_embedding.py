@@ -4,7 +4,7 @@ Flink keeps the state (the OVER window of each user's recent clicks, the trendin
 whole batches:
 
 - ``ParseClicks`` (table function, row at a time): a raw Kafka value that is not a canonical click
-  (``recs.contracts.canonical_click_form``; the job reads those in Java) → (user_id, item_id, ts, dead).
+  (``recs.canonical.canonical_click_form``; the job reads those in Java) → (user_id, item_id, ts, dead).
   The logic is the project's one parser (``recs.contracts.parse_or_error``): a valid click has
   ``dead`` NULL; a rejected value has ``dead`` = its dead-letter JSON (stage ``parse``, field, reason,
   the raw bytes), counted in ``recs.dead_letters.<field>``; a null value (tombstone) gives no row and

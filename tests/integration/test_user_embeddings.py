@@ -126,7 +126,7 @@ def _metric(metrics, name):
 
 
 def _reordered(click):
-    """A valid click that is not in the canonical form (recs.contracts.canonical_click_form)."""
+    """A valid click that is not in the canonical form (recs.canonical.canonical_click_form)."""
     return json.dumps({"ts": click.ts, "event": "click", "user_id": click.user_id, "item_id": click.item_id}).encode()
 
 

@@ -237,8 +237,8 @@ def test_async_udf_counts_batches_on_the_thread_that_reads_its_gauges():
     fn._pending = deque()
     fn._recent = RecentLatencies()
     fn._counters = {name: _ThreadCounter() for name in (
-        "user_records_written", "stale_writes", "unknown_items", "no_known_items", "sink_dead_letters",
-        "batches", "batch_rows")}
+        "valid_records", "user_records_written", "stale_writes", "unknown_items", "no_known_items",
+        "sink_dead_letters", "batches", "batch_rows")}
     worker = threading.Thread(target=lambda: [fn._record(BatchStats(size=n, written=n, latencies_ms=[5.0] * n))
                                               for n in (3, 4)], name="micro-batch")
     worker.start()
@@ -247,4 +247,5 @@ def test_async_udf_counts_batches_on_the_thread_that_reads_its_gauges():
     assert fn._latency(50) == 5                    # the end-of-bundle gauge read counts them first
     c = fn._counters
     assert (c["batches"].count, c["batch_rows"].count, c["user_records_written"].count) == (2, 7, 7)
+    assert c["valid_records"].count == 7           # one a window: one a valid click
     assert set().union(*(x.threads for x in c.values())) == {threading.current_thread().name}
