@@ -38,6 +38,7 @@ from recs.canonical import canonical_click_form
 from udfs.user_embedding import PARSED, EmbedUsers, EmbedUsersAsync, ParseClicks, WriteTrending
 
 GROUP_ID = "user-embeddings"
+RAW_TEXT = "CAST(`value` AS STRING)"    # the raw click as SQL text (a bad UTF-8 byte becomes U+FFFD)
 
 
 def table_config(settings: Settings) -> dict[str, str]:
@@ -81,9 +82,8 @@ def click_columns(settings: Settings) -> str:
     (never moves the watermark), later than the contract accepts (``max_future_skew_ms``) → capped,
     so one hostile record cannot push it ahead."""
     c = settings.contracts
-    text = "CAST(`value` AS STRING)"
-    ts = (f"COALESCE(TRY_CAST({_canonical(settings, text, 'ts')} AS BIGINT), "
-          f"TRY_CAST(JSON_VALUE({text}, '$.ts') AS BIGINT), 0)")
+    ts = (f"COALESCE(TRY_CAST({_canonical(settings, RAW_TEXT, 'ts')} AS BIGINT), "
+          f"TRY_CAST(JSON_VALUE({RAW_TEXT}, '$.ts') AS BIGINT), 0)")
     now_cap = f"CAST(UNIX_TIMESTAMP() AS BIGINT) * 1000 + {c.max_future_skew_ms}"
     delay = settings.user_embeddings.trending_max_delay_ms
     return (f"`value` BYTES, "
@@ -107,11 +107,10 @@ def read_clicks(t_env: StreamTableEnvironment, settings: Settings, clicks_table:
     also keeps the Python call on the rows that need it (a filter written after a Python call in one
     SQL query is applied after it)."""
     c = settings.contracts
-    text = "CAST(`value` AS STRING)"
     read = t_env.sql_query(f"""
-        SELECT `value`, {_canonical(settings, text, 'user_id')} AS user_id,
-               {_canonical(settings, text, 'item_id')} AS item_id,
-               CAST({_canonical(settings, text, 'ts')} AS BIGINT) AS ts,
+        SELECT `value`, {_canonical(settings, RAW_TEXT, 'user_id')} AS user_id,
+               {_canonical(settings, RAW_TEXT, 'item_id')} AS item_id,
+               CAST({_canonical(settings, RAW_TEXT, 'ts')} AS BIGINT) AS ts,
                CAST(UNIX_TIMESTAMP() AS BIGINT) * 1000 AS now_ms, rt
         FROM `{clicks_table}`""")
     schema = (Schema.new_builder()
