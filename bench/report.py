@@ -204,11 +204,15 @@ def stream_section(d: dict[str, Any]) -> list[str]:
             rows.append(f"| {_fmt(int(rate))} | {s} | {_fmt(r['achieved_per_s'], 0)} | {_fmt(r['p50_ms'], 0)} | "
                         f"{_p99(r)} | {_fmt(r.get('mean_batch'), 1)} | {_fmt(r['cpu_percent'], 0)} |")
     sustained, ratio = d.get("sustained_p99_under_1s") or {}, d.get("ratio_flink_to_peer") or {}
+    every = d.get("every_round_p99_under_1s") or {}
     rows += ["", "Highest offered rate with p99 < 1 s: " + ", ".join(f"{s} {_fmt(best.get(s))}/s" for s in systems)
              + (" (with every lower rate under 1 s too: "
                 + ", ".join(f"{s} {_fmt(sustained.get(s))}/s" for s in systems) + ")" if sustained else "")
              + (f"; the job's ratio to the peer {ratio.get('max_rate_p99_under_1s')} "
                 f"({ratio.get('sustained_p99_under_1s')} sustained)" if ratio else "")
+             + ("; in every round, with every lower rate: "
+                + ", ".join(f"{s} {_fmt(every.get(s))}/s" for s in systems)
+                + (f" (ratio {ratio.get('every_round_p99_under_1s')})" if ratio else "") if every else "")
              + (f"; `recs probe freshness` p99 {_fmt(d['freshness_probe_p99_ms'], 0)} ms"
                 if d.get("freshness_probe_p99_ms") is not None else "")]
     fr = d.get("freshness")
