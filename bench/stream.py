@@ -60,7 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -218,29 +218,29 @@ def max_rate_under(by_rate: dict[str, dict[str, Any]], system: str, limit_ms: fl
     return max(ok) if ok else None
 
 
-def sustained_rate_under(by_rate: dict[str, dict[str, Any]], system: str, limit_ms: float = 1000.0) -> int | None:
-    """The highest offered rate that, with every lower rate measured, kept p99 under ``limit_ms``
-    (a rate that passes above one that failed is noise, not a sustained rate)."""
+def _highest_rate_while(by_rate: dict[str, dict[str, Any]], system: str,
+                        p99s: Callable[[dict[str, Any]], list[float | None]], limit_ms: float) -> int | None:
+    """The highest offered rate at which ``p99s(row)`` all stayed under ``limit_ms``, and every lower
+    rate's too (a rate that passes above one that failed is noise, not a sustained rate)."""
     best = None
     for rate in sorted(int(r) for r, row in by_rate.items() if system in row):
-        p99 = (by_rate[str(rate)][system] or {}).get("p99_ms")
-        if p99 is None or p99 >= limit_ms:
+        if any(p is None or p >= limit_ms for p in p99s(by_rate[str(rate)][system] or {})):
             break
         best = rate
     return best
+
+
+def sustained_rate_under(by_rate: dict[str, dict[str, Any]], system: str, limit_ms: float = 1000.0) -> int | None:
+    """The highest offered rate that, with every lower rate measured, kept p99 (the best round's) under
+    ``limit_ms``."""
+    return _highest_rate_while(by_rate, system, lambda row: [row.get("p99_ms")], limit_ms)
 
 
 def every_round_rate_under(by_rate: dict[str, dict[str, Any]], system: str, limit_ms: float = 1000.0) -> int | None:
-    """The strict reading: the highest offered rate at which every round (``p99_ms_rounds``; the one
-    p99 when absent) stayed under ``limit_ms``, and every lower rate's rounds too."""
-    best = None
-    for rate in sorted(int(r) for r, row in by_rate.items() if system in row):
-        row = by_rate[str(rate)][system] or {}
-        p99s = row.get("p99_ms_rounds") or [row.get("p99_ms")]
-        if any(p is None or p >= limit_ms for p in p99s):
-            break
-        best = rate
-    return best
+    """The strict reading: as ``sustained_rate_under``, with every round (``p99_ms_rounds``; the one
+    p99 when absent) under ``limit_ms``."""
+    return _highest_rate_while(by_rate, system, lambda row: row.get("p99_ms_rounds") or [row.get("p99_ms")],
+                               limit_ms)
 
 
 READINGS = ("max_rate_p99_under_1s", "sustained_p99_under_1s", "every_round_p99_under_1s")
@@ -822,7 +822,7 @@ def main(argv: list[str] | None = None) -> None:
             "max_rate_p99_under_1s": "the highest offered rate whose p99 < 1000 ms",
             "sustained_p99_under_1s": "the highest offered rate whose p99 < 1000 ms with every lower rate's too",
             "every_round_p99_under_1s": "as sustained, with every round's p99 < 1000 ms (not only the best round's)",
-            "ratio_flink_to_peer": "the job's rate over the peer's, for each of the two readings",
+            "ratio_flink_to_peer": "the job's rate over the peer's, for each of the three readings",
             "producer": f"separate process, absolute schedule, linger.ms {args.producer_linger_ms}, keyed by user_id",
         },
         "config": {"rates": args.rates, "systems": args.systems, "warmup_s": args.warmup_s, "seconds": args.seconds,
