@@ -18,12 +18,18 @@ class FlinkSettings(Section):
     rpc_port: int = Field(gt=0, lt=65536)
     taskmanager_slots: int = Field(ge=1)
     taskmanager_memory: str
+    # Share of the TaskManager's Flink memory that is managed (off-heap): RocksDB's cache and write
+    # buffers; the heap keeps the rest. Python workers draw none (user_embeddings.worker_per_operator).
+    managed_memory_fraction: float = Field(ge=0, lt=1)
     jobmanager_memory: str
     parallelism: int = Field(ge=1)
     python_execution_mode: Literal["process", "thread"]
     bundle_time_ms: int = Field(ge=1)
     bundle_size: int = Field(ge=1)
     checkpoint_interval_ms: int = Field(ge=0)
+    # Where keyed state lives: "rocksdb" (serialized, off-heap, incremental checkpoints) or "hashmap"
+    # (Java objects on the heap, whole state written at every checkpoint).
+    state_backend: Literal["rocksdb", "hashmap"]
     checkpoint_dir: str  # a path (relative: to the project root) or a URI every TaskManager reaches
     source_start_ms: int = Field(ge=0)  # 0: the job's committed offsets; > 0: records from this time on
     # A bounded run over a range of the topic (`recs replay`): "partition:0,offset:42;partition:1,offset:7"
@@ -49,6 +55,7 @@ class UserEmbeddingSettings(Section):
     """The streaming user-embedding job (jobs/user_embeddings.py, docs/streaming.md)."""
 
     udf: Literal["vectorized", "async"]
+    tower_task: bool   # the user tower in its own task (jobs/user_embeddings.py build)
     reorder_slack: int = Field(ge=0)
     state_ttl_s: int = Field(ge=0)
     arrow_batch_size: int = Field(ge=1)

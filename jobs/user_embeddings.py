@@ -7,7 +7,8 @@
       └─ every other value: ParseClicks (the contract parser, row at a time) ──(bad)─────► clicks.dlq
            └─ valid clicks of both paths, event time = ts
                 ├─ per user: the last max_len + reorder_slack clicks        (Flink SQL OVER window:
-                │   ARRAY_AGG(item_id), ARRAY_AGG(ts) ROWS ... PRECEDING     Java state, checkpointed, TTL)
+                │   ARRAY_AGG(item_id), ARRAY_AGG(ts) ROWS ... PRECEDING     RocksDB state, checkpointed, TTL)
+                │   ══ rescale: the user tower in a task of its own (user_embeddings.tower_task) ══
                 │     └─ EmbedUsers | EmbedUsersAsync (user_embeddings.udf)
                 │          last-N by event time → item vectors (KV item:{id}, cached)
                 │          → one ONNX user-tower run per batch → KV user:{id} ──(refused)──► clicks.dlq
@@ -125,23 +126,31 @@ def read_clicks(t_env: StreamTableEnvironment, settings: Settings, clicks_table:
               .column("value", DataTypes.BYTES()).column("user_id", DataTypes.STRING())
               .column("item_id", DataTypes.STRING()).column("ts", DataTypes.BIGINT())
               .column("now_ms", DataTypes.BIGINT()).column("rt", DataTypes.TIMESTAMP_LTZ(3))
-              .column_by_expression("pt", "PROCTIME()")
               .column_by_expression("java_path", f"user_id IS NOT NULL AND ts >= {c.min_ts_ms} "
                                                  f"AND ts <= now_ms + {c.max_future_skew_ms}")
               .watermark("rt", "SOURCE_WATERMARK()")
               .build())
     t_env.create_temporary_view("clicks_read", t_env.from_data_stream(t_env.to_data_stream(read), schema))
     t_env.create_temporary_function("parse_clicks", udtf(ParseClicks(settings), result_types=PARSED))
-    t_env.create_temporary_view("clicks_parsed", t_env.sql_query("""
-        SELECT p.user_id, p.item_id, p.ts, p.dead, pt, rt
-        FROM clicks_read, LATERAL TABLE(parse_clicks(`value`)) AS p(user_id, item_id, ts, dead)
-        WHERE java_path IS NOT TRUE"""))
-    t_env.create_temporary_view("clicks_valid", t_env.sql_query("""
-        SELECT user_id, item_id, ts, pt, rt FROM clicks_read WHERE java_path
+    checked = t_env.sql_query("""
+        SELECT user_id, item_id, ts, CAST(NULL AS STRING) AS dead, rt FROM clicks_read WHERE java_path
         UNION ALL
-        SELECT user_id, item_id, ts, pt, rt FROM clicks_parsed WHERE dead IS NULL"""))
+        SELECT p.user_id, p.item_id, p.ts, p.dead, rt
+        FROM clicks_read, LATERAL TABLE(parse_clicks(`value`)) AS p(user_id, item_id, ts, dead)
+        WHERE java_path IS NOT TRUE""")
+    # A second round trip: the branches below are planned more than once (the user tower's own task
+    # is fed through a DataStream, see build), and each plan would run its own copy of the parser.
+    schema = (Schema.new_builder()
+              .column("user_id", DataTypes.STRING()).column("item_id", DataTypes.STRING())
+              .column("ts", DataTypes.BIGINT()).column("dead", DataTypes.STRING())
+              .column("rt", DataTypes.TIMESTAMP_LTZ(3)).column_by_expression("pt", "PROCTIME()")
+              .watermark("rt", "SOURCE_WATERMARK()")
+              .build())
+    t_env.create_temporary_view("clicks_checked", t_env.from_data_stream(t_env.to_data_stream(checked), schema))
+    t_env.create_temporary_view("clicks_valid", t_env.sql_query(
+        "SELECT user_id, item_id, ts, pt, rt FROM clicks_checked WHERE dead IS NULL"))
     t_env.create_temporary_view("clicks_dead", t_env.sql_query(
-        "SELECT dead FROM clicks_parsed WHERE dead IS NOT NULL"))
+        "SELECT dead FROM clicks_checked WHERE dead IS NOT NULL"))
 
 
 def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) -> Table:
@@ -152,10 +161,16 @@ def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) 
     read_clicks(t_env, settings, clicks_table)
 
     window_rows = settings.model.max_len + ue.reorder_slack
-    t_env.create_temporary_view("user_windows", t_env.sql_query(f"""
+    windows = t_env.sql_query(f"""
         SELECT user_id, ARRAY_AGG(item_id) OVER w AS items, ARRAY_AGG(ts) OVER w AS tss
         FROM clicks_valid
-        WINDOW w AS (PARTITION BY user_id ORDER BY pt ROWS BETWEEN {window_rows - 1} PRECEDING AND CURRENT ROW)"""))
+        WINDOW w AS (PARTITION BY user_id ORDER BY pt ROWS BETWEEN {window_rows - 1} PRECEDING AND CURRENT ROW)""")
+    if ue.tower_task:   # chained, the window's thread would wait for every bundle Python runs (docs/streaming.md)
+        schema = (Schema.new_builder().column("user_id", DataTypes.STRING())
+                  .column("items", DataTypes.ARRAY(DataTypes.STRING()))
+                  .column("tss", DataTypes.ARRAY(DataTypes.BIGINT())).build())
+        windows = t_env.from_data_stream(t_env.to_data_stream(windows).rescale(), schema)
+    t_env.create_temporary_view("user_windows", windows)
     if ue.udf == "async":
         embed = udf(EmbedUsersAsync(settings), result_type=DataTypes.STRING())
     else:

@@ -213,7 +213,10 @@ def test_poison_records_leave_the_job_running_and_every_valid_click_reflected(
         m = flink.metrics(s, job)
         return m if _metric(m, "valid_records") == len(valid) + len(burst) and _metric(m, "null_values") == 1 else None
 
-    m = wait_for(settled, 60, "job metrics")
+    try:
+        m = wait_for(settled, 60, "job metrics")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; metrics: {flink.metrics(s, job)}") from None
     # the parser read the poison and the reordered clicks, and no canonical click
     assert _metric(m, "parsed_in_python") == len(corpus) + len(reordered)
     assert _metric(m, "unknown_items") >= 1 and _metric(m, "no_known_items") >= 1

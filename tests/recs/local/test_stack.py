@@ -35,3 +35,13 @@ def test_port_taken_by_another_process_is_a_clear_error(tmp_path):
 def test_unknown_service_is_rejected():
     with pytest.raises(StackError, match="unknown services"):
         Stack(load_settings(), ("broker", "zookeeper"))
+
+
+def test_taskmanager_config_carries_the_memory_split(tmp_path):
+    import yaml
+
+    s = with_overrides(load_settings(), stack={"run_dir": tmp_path},
+                       flink={"taskmanager_memory": "3072m", "managed_memory_fraction": 0.25})
+    cfg = yaml.safe_load((Flink(s).write_config() / "config.yaml").read_text())
+    assert cfg["taskmanager"]["memory"]["process"]["size"] == "3072m"
+    assert cfg["taskmanager"]["memory"]["managed"]["fraction"] == 0.25
