@@ -21,7 +21,8 @@ from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
-from pyflink.table import StatementSet, StreamTableEnvironment
+from pyflink.table import Schema, StatementSet, StreamTableEnvironment, Table
+from pyflink.util.java_utils import load_java_class
 
 from conf.settings import PROJECT_ROOT, FlinkSettings, Settings
 
@@ -140,6 +141,27 @@ def create_kafka_table(t_env: StreamTableEnvironment, name: str, columns: str, o
     with_clause = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in options.items())
     t_env.execute_sql(f"CREATE TEMPORARY TABLE `{table}` ({columns}) WITH ({with_clause})")
     return table
+
+
+def through_data_stream(t_env: StreamTableEnvironment, table: Table, schema: Schema, *,
+                        rescale: bool = False) -> Table:
+    """``table`` through a DataStream and back as ``schema`` declares it (its computed columns and
+    watermark), rows kept in Flink's internal format (``RowData``) all the way.
+
+    A round trip is how a job shares one plan between statements, reads a value once for two
+    branches, or (``rescale``) gives what follows a task of its own. PyFlink's ``to_data_stream``
+    would convert every row to an external ``Row`` (Java strings, boxed numbers) and
+    ``from_data_stream`` back: two conversions and a slower serializer a row
+    (bench/results/stream.json ``ablations``)."""
+    stream = internal_stream(t_env, table)
+    return t_env.from_data_stream(stream.rescale() if rescale else stream, schema)
+
+
+def internal_stream(t_env: StreamTableEnvironment, table: Table) -> DataStream:
+    """``table`` as a DataStream of Flink's internal rows (Java ``RowData``; Java operators only)."""
+    row_data = load_java_class("org.apache.flink.table.data.RowData")
+    j_type = table._j_table.getResolvedSchema().toPhysicalRowDataType().bridgedTo(row_data)
+    return DataStream(t_env._j_tenv.toDataStream(table._j_table, j_type))
 
 
 def kafka_source(env: StreamExecutionEnvironment, settings: Settings, topic: str, group_id: str,

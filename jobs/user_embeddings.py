@@ -34,8 +34,9 @@ from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironmen
 from pyflink.table.udf import udf, udtf
 
 from conf import Settings, load_settings
-from jobs.flink_env import create_kafka_table, job_name, kafka_options, make_env, run_or_explain, sql_string
-from recs.canonical import canonical_click_form
+from jobs.flink_env import (create_kafka_table, job_name, kafka_options, make_env, run_or_explain, sql_string,
+                            through_data_stream)
+from recs.canonical import TOKEN_TRIM, canonical_click_form
 from udfs.user_embedding import PARSED, EmbedUsers, EmbedUsersAsync, ParseClicks, WriteTrending
 
 GROUP_ID = "user-embeddings"
@@ -62,21 +63,28 @@ def table_config(settings: Settings) -> dict[str, str]:
         "table.exec.async-scalar.timeout": "0 s",
         # a parallel instance without clicks must not hold the trending watermark back
         "table.exec.source.idle-timeout": "10 s",
+        # trending windows: at parallelism 1 a local pre-aggregation saves no shuffle; it would be a
+        # task of its own behind the union of the two read paths (a network hop for every click)
+        "table.optimizer.agg-phase-strategy": "ONE_PHASE" if settings.flink.parallelism == 1 else "AUTO",
     }
 
 
 def _canonical(settings: Settings, s: str, field: str | None = None) -> str:
-    """SQL: ``field`` (user_id, item_id or ts, a string) of the raw click text ``s`` when it is in the
-    canonical form (``recs.canonical.canonical_click_form``), else NULL; no field: whether it is.
+    """SQL: whether the raw click text ``s`` is in the canonical form (``recs.canonical.canonical_click_form``),
+    or, with ``field``, that field (user_id, item_id: STRING; ts: BIGINT) read by its position.
 
-    ``REGEXP_EXTRACT_ALL`` and ``REGEXP``, not ``REGEXP_EXTRACT``: Flink 2.3's REGEXP_EXTRACT (and
-    REGEXP_REPLACE) compile the pattern on every call, 15 % of the TaskManager's CPU at 5,000 clicks/s
-    (a JFR profile, docs/streaming.md); these two keep compiled patterns in a cache. The pattern is
-    anchored, so the array holds one match or none (``[1]`` of an empty array is NULL)."""
+    The position is right only where the form matched: elsewhere it is whatever sits there (the ts
+    NULL when not a number), so a query tests the form once and reads the fields beside it. One
+    regex match a click, not one a field: regex matching was 55 % of the read path's profile with
+    five (docs/streaming.md). ``REGEXP``, not ``REGEXP_EXTRACT``: Flink 2.3's REGEXP_EXTRACT compiles
+    its pattern on every call, REGEXP keeps compiled patterns in a cache."""
     form = canonical_click_form(settings.contracts)
     if field is None:
         return f"REGEXP({s}, {sql_string(form.pattern)})"
-    return f"REGEXP_EXTRACT_ALL({s}, {sql_string(form.pattern)}, {form.groups[field]})[1]"
+    token = f"SPLIT_INDEX({s}, '\"', {form.tokens[field]})"
+    if field == "ts":
+        return f"TRY_CAST(TRIM(BOTH {sql_string(TOKEN_TRIM)} FROM {token}) AS BIGINT)"
+    return token
 
 
 def click_columns(settings: Settings) -> str:
@@ -91,7 +99,7 @@ def click_columns(settings: Settings) -> str:
     so one hostile record cannot push it ahead."""
     c = settings.contracts
     # CASE, not COALESCE: Flink evaluates every argument of COALESCE, and JSON_VALUE is the costly one
-    ts = (f"CASE WHEN {_canonical(settings, RAW_TEXT)} THEN CAST({_canonical(settings, RAW_TEXT, 'ts')} AS BIGINT) "
+    ts = (f"CASE WHEN {_canonical(settings, RAW_TEXT)} THEN {_canonical(settings, RAW_TEXT, 'ts')} "
           f"ELSE COALESCE(TRY_CAST(JSON_VALUE({RAW_TEXT}, '$.ts') AS BIGINT), 0) END")
     now_cap = f"CAST(UNIX_TIMESTAMP() AS BIGINT) * 1000 + {c.max_future_skew_ms}"
     delay = settings.user_embeddings.trending_max_delay_ms
@@ -117,40 +125,42 @@ def read_clicks(t_env: StreamTableEnvironment, settings: Settings, clicks_table:
     SQL query is applied after it)."""
     c = settings.contracts
     read = t_env.sql_query(f"""
-        SELECT `value`, {_canonical(settings, RAW_TEXT, 'user_id')} AS user_id,
-               {_canonical(settings, RAW_TEXT, 'item_id')} AS item_id,
-               CAST({_canonical(settings, RAW_TEXT, 'ts')} AS BIGINT) AS ts,
+        SELECT `value`, {_canonical(settings, RAW_TEXT)} AS canonical,
+               {_canonical(settings, RAW_TEXT, 'user_id')} AS user_id,
+               {_canonical(settings, RAW_TEXT, 'item_id')} AS item_id, {_canonical(settings, RAW_TEXT, 'ts')} AS ts,
                CAST(UNIX_TIMESTAMP() AS BIGINT) * 1000 AS now_ms, rt
         FROM `{clicks_table}`""")
     schema = (Schema.new_builder()
-              .column("value", DataTypes.BYTES()).column("user_id", DataTypes.STRING())
-              .column("item_id", DataTypes.STRING()).column("ts", DataTypes.BIGINT())
-              .column("now_ms", DataTypes.BIGINT()).column("rt", DataTypes.TIMESTAMP_LTZ(3))
-              .column_by_expression("java_path", f"user_id IS NOT NULL AND ts >= {c.min_ts_ms} "
+              .column("value", DataTypes.BYTES()).column("canonical", DataTypes.BOOLEAN())
+              .column("user_id", DataTypes.STRING()).column("item_id", DataTypes.STRING())
+              .column("ts", DataTypes.BIGINT()).column("now_ms", DataTypes.BIGINT())
+              .column("rt", DataTypes.TIMESTAMP_LTZ(3))
+              .column_by_expression("java_path", f"canonical IS TRUE AND ts >= {c.min_ts_ms} "
                                                  f"AND ts <= now_ms + {c.max_future_skew_ms}")
               .watermark("rt", "SOURCE_WATERMARK()")
               .build())
-    t_env.create_temporary_view("clicks_read", t_env.from_data_stream(t_env.to_data_stream(read), schema))
+    t_env.create_temporary_view("clicks_read", through_data_stream(t_env, read, schema))
     t_env.create_temporary_function("parse_clicks", udtf(ParseClicks(settings), result_types=PARSED))
-    checked = t_env.sql_query("""
-        SELECT user_id, item_id, ts, CAST(NULL AS STRING) AS dead, rt FROM clicks_read WHERE java_path
-        UNION ALL
+    parsed = t_env.sql_query("""
         SELECT p.user_id, p.item_id, p.ts, p.dead, rt
         FROM clicks_read, LATERAL TABLE(parse_clicks(`value`)) AS p(user_id, item_id, ts, dead)
         WHERE java_path IS NOT TRUE""")
-    # A second round trip: the branches below are planned more than once (the user tower's own task
-    # is fed through a DataStream, see build), and each plan would run its own copy of the parser.
+    # The parsed rows through a round trip of their own: what follows is planned more than once (the
+    # user tower's own task is fed through a DataStream, see build), and each plan would otherwise run
+    # its own copy of the parser. The union stays in SQL, so it feeds each branch's exchange directly.
     schema = (Schema.new_builder()
               .column("user_id", DataTypes.STRING()).column("item_id", DataTypes.STRING())
               .column("ts", DataTypes.BIGINT()).column("dead", DataTypes.STRING())
-              .column("rt", DataTypes.TIMESTAMP_LTZ(3)).column_by_expression("pt", "PROCTIME()")
-              .watermark("rt", "SOURCE_WATERMARK()")
+              .column("rt", DataTypes.TIMESTAMP_LTZ(3)).watermark("rt", "SOURCE_WATERMARK()")
               .build())
-    t_env.create_temporary_view("clicks_checked", t_env.from_data_stream(t_env.to_data_stream(checked), schema))
-    t_env.create_temporary_view("clicks_valid", t_env.sql_query(
-        "SELECT user_id, item_id, ts, pt, rt FROM clicks_checked WHERE dead IS NULL"))
+    t_env.create_temporary_view("clicks_parsed", through_data_stream(t_env, parsed, schema))
+    t_env.create_temporary_view("clicks_valid", t_env.sql_query("""
+        SELECT user_id, item_id, ts, PROCTIME() AS pt, rt FROM (
+            SELECT user_id, item_id, ts, rt FROM clicks_read WHERE java_path
+            UNION ALL
+            SELECT user_id, item_id, ts, rt FROM clicks_parsed WHERE dead IS NULL)"""))
     t_env.create_temporary_view("clicks_dead", t_env.sql_query(
-        "SELECT dead FROM clicks_checked WHERE dead IS NOT NULL"))
+        "SELECT dead FROM clicks_parsed WHERE dead IS NOT NULL"))
 
 
 def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) -> Table:
@@ -169,7 +179,7 @@ def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) 
         schema = (Schema.new_builder().column("user_id", DataTypes.STRING())
                   .column("items", DataTypes.ARRAY(DataTypes.STRING()))
                   .column("tss", DataTypes.ARRAY(DataTypes.BIGINT())).build())
-        windows = t_env.from_data_stream(t_env.to_data_stream(windows).rescale(), schema)
+        windows = through_data_stream(t_env, windows, schema, rescale=True)
     t_env.create_temporary_view("user_windows", windows)
     if ue.udf == "async":
         embed = udf(EmbedUsersAsync(settings), result_type=DataTypes.STRING())

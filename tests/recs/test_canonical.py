@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recs.canonical import canonical_click_form
+from recs.canonical import TOKEN_TRIM, canonical_click_form
 from recs.contracts import Click, ContractError, parse_click
 from recs.local.poison import click_poison
 
@@ -19,14 +19,20 @@ CANONICAL = FORM.python_pattern()
 
 def _canonical_read(raw: bytes, now_ms: int = NOW):
     """What the job's Java path reads (jobs/user_embeddings.py): the value decoded as Flink does
-    (a malformed byte becomes U+FFFD), the regex, the ts bounds; None = left to the parser."""
-    m = CANONICAL.search(raw.decode("utf-8", "replace"))
+    (a malformed byte becomes U+FFFD), the regex, the fields by their position among the '"'-split
+    tokens (SPLIT_INDEX, TRIM), the ts bounds; None = left to the parser."""
+    text = raw.decode("utf-8", "replace")
+    m = CANONICAL.search(text)
     if m is None:
         return None
-    ts = int(m.group(FORM.groups["ts"]))
+    tokens = text.split('"')
+    user_id, item_id = tokens[FORM.tokens["user_id"]], tokens[FORM.tokens["item_id"]]
+    ts = int(tokens[FORM.tokens["ts"]].strip(TOKEN_TRIM))
+    assert (user_id, item_id, ts) == (m.group(FORM.groups["user_id"]), m.group(FORM.groups["item_id"]),
+                                      int(m.group(FORM.groups["ts"])))
     if not LIMITS.min_ts_ms <= ts <= now_ms + LIMITS.max_future_skew_ms:
         return None
-    return m.group(FORM.groups["user_id"]), m.group(FORM.groups["item_id"]), ts
+    return user_id, item_id, ts
 
 
 def _assert_java_path_agrees(raw: bytes) -> None:
