@@ -730,6 +730,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def machine_speed_ms() -> float:
+    """A fixed pure-Python workload, best of 5 (ms). Runs of different sessions compare only where it
+    is about equal: the same code at the same rate has used 2-3x the CPU in one session as in another."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        sum(i * i % 7 for i in range(1_000_000))
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=list(DEFAULT_RATES),
@@ -775,6 +786,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown systems {sorted(unknown)}; known: {list(SYSTEM_TAGS)}")
     args.parallelism = args.parallelism or load_settings().flink.parallelism
 
+    speed_ms = machine_speed_ms()      # before the stack starts: the machine quiet
     started = time.time()
     out = sweep(args)
     by_rate = best_of_rounds(out["runs"])
@@ -799,7 +811,7 @@ def main(argv: list[str] | None = None) -> None:
                        "seconds": args.seconds, "jvm_warmup": out["jvm_warmup"],
                        "clicks_per_user": args.clicks_per_user,
                        "producer_linger_ms": args.producer_linger_ms, "seed": args.seed, "click_form": args.click_form,
-                       "parallelism": args.parallelism, "rounds": args.rounds},
+                       "parallelism": args.parallelism, "rounds": args.rounds, "machine_speed_ms": speed_ms},
             "wall_s": round(time.time() - started, 1)}
         args.out.write_text(json.dumps(previous, indent=2) + "\n")
         print(json.dumps(previous["ablations"][args.ablation]["max_rate_p99_under_1s"]))
@@ -833,7 +845,7 @@ def main(argv: list[str] | None = None) -> None:
                                                   else args.data)},
         "runs": out["runs"],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
+                    "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "machine_speed_ms": speed_ms},
         "wall_s": round(time.time() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
