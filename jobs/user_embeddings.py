@@ -3,7 +3,7 @@
     recs jobs submit user-embeddings [--parallelism P] [--from-savepoint PATH]
 
     clicks (Kafka, raw bytes)
-      ├─ canonical clicks (Click.to_json's form): read in Java, regex generated from the contract
+      ├─ canonical clicks (Click.to_json's form): read in Java, one match of the contract's regex
       └─ every other value: ParseClicks (the contract parser, row at a time) ──(bad)─────► clicks.dlq
            └─ valid clicks of both paths, event time = ts
                 ├─ per user: the last max_len + reorder_slack clicks        (Flink SQL OVER window:
@@ -34,8 +34,15 @@ from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironmen
 from pyflink.table.udf import udf, udtf
 
 from conf import Settings, load_settings
-from jobs.flink_env import (create_kafka_table, job_name, kafka_options, make_env, run_or_explain, sql_string,
-                            through_data_stream)
+from jobs.flink_env import (
+    create_kafka_table,
+    job_name,
+    kafka_options,
+    make_env,
+    run_or_explain,
+    sql_string,
+    through_data_stream,
+)
 from recs.canonical import TOKEN_TRIM, canonical_click_form
 from udfs.user_embedding import PARSED, EmbedUsers, EmbedUsersAsync, ParseClicks, WriteTrending
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conf.settings import PROJECT_ROOT, Settings, to_env
+from conf.settings import PROJECT_ROOT, Settings, to_env, with_overrides
 from recs.local.flink_cluster import flink_home
 
 JOBS = {
@@ -42,12 +42,14 @@ def submit(settings: Settings, job: str, *, parallelism: int | None = None,
         raise FlinkError(f"unknown job {job!r}; known: {sorted(JOBS)}")
     if settings.model.version:
         _check_lane_artifact(settings)
+    if parallelism:     # the job script sets its parallelism from the settings it rebuilds (jobs/flink_env.py)
+        settings = with_overrides(settings, flink={"parallelism": parallelism})
     f = settings.flink
     cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"{f.jobmanager_host}:{f.rest_port}",
            "-pyexec", sys.executable, "-pyclientexec", sys.executable, "-py", str(script or JOBS[job])]
     if detached:
         cmd.insert(2, "-d")
-    cmd[2:2] = ["-p", str(parallelism or f.parallelism)]
+    cmd[2:2] = ["-p", str(f.parallelism)]
     if from_savepoint:
         cmd[2:2] = ["-s", from_savepoint]
     # The job rebuilds exactly these settings from RECS_* variables (conf.settings.to_env).

@@ -31,10 +31,11 @@ def test_a_round_trip_keeps_values_and_schema_in_internal_rows():
     env.set_parallelism(1)
     t_env = StreamTableEnvironment.create(env)
     table = t_env.sql_query("""
-        SELECT k, CAST(v AS BIGINT) AS v, ARRAY[COALESCE(k, '-'), 'x'] AS arr, TO_TIMESTAMP_LTZ(CAST(v AS BIGINT), 3) AS rt
+        SELECT k, CAST(v AS BIGINT) AS v, ARRAY[COALESCE(k, '-'), 'x'] AS arr,
+               TO_TIMESTAMP_LTZ(CAST(v AS BIGINT), 3) AS rt
         FROM (VALUES ('a', 1000), ('b', 2000), (CAST(NULL AS STRING), 3000)) AS t(k, v)""")
-    assert internal_stream(t_env, table)._j_data_stream.getType().getTypeClass().getName() == \
-        "org.apache.flink.table.data.RowData"
+    row_class = internal_stream(t_env, table)._j_data_stream.getType().getTypeClass().getName()
+    assert row_class == "org.apache.flink.table.data.RowData"
     schema = (Schema.new_builder().column("k", DataTypes.STRING()).column("v", DataTypes.BIGINT())
               .column("arr", DataTypes.ARRAY(DataTypes.STRING())).column("rt", DataTypes.TIMESTAMP_LTZ(3))
               .column_by_expression("v2", "v * 2").watermark("rt", "rt - INTERVAL '1' SECOND").build())

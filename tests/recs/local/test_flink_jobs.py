@@ -24,3 +24,23 @@ def test_a_lane_with_another_versions_artifact_is_refused_before_submitting(tmp_
         flink_jobs.submit(with_overrides(_lane(tmp_path, "tt-new"), model={"artifact_dir": tmp_path / "none"}),
                           "item-index")
     assert ran == []
+
+
+def test_the_parallelism_asked_for_reaches_the_job_script(monkeypatch):
+    """`flink run -p` alone is not enough: the job script rebuilds its settings from RECS_* variables
+    and sets the environment's parallelism from them (jobs/flink_env.py make_env)."""
+    calls = []
+
+    def run(cmd, **kw):
+        calls.append((cmd, kw["env"]))
+        return flink_jobs.subprocess.CompletedProcess(cmd, 0, "Job has been submitted with JobID " + "ab" * 16, "")
+
+    monkeypatch.setattr(flink_jobs.subprocess, "run", run)
+    settings = with_overrides(load_settings(), flink={"parallelism": 1})
+    assert flink_jobs.submit(settings, "user-embeddings", parallelism=2) == "ab" * 16
+    cmd, env = calls[0]
+    assert cmd[cmd.index("-p") + 1] == "2"
+    assert env["RECS_FLINK__PARALLELISM"] == "2"
+    flink_jobs.submit(settings, "user-embeddings")
+    cmd, env = calls[1]
+    assert cmd[cmd.index("-p") + 1] == "1" and env["RECS_FLINK__PARALLELISM"] == "1"
