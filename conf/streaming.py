@@ -56,6 +56,7 @@ class UserEmbeddingSettings(Section):
 
     udf: Literal["vectorized", "async"]
     tower_task: bool   # the user tower in its own task (jobs/user_embeddings.py build)
+    last_n_state: Literal["keyed", "over"]   # where each user's recent clicks live (jobs/user_embeddings.py build)
     reorder_slack: int = Field(ge=0)
     state_ttl_s: int = Field(ge=0)
     arrow_batch_size: int = Field(ge=1)

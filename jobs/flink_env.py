@@ -1,8 +1,8 @@
 """What every Flink job needs before its operators: the environment, Kafka source and sink.
 
 Settings decide everything here (DEPENDENCIES.md explains the choices):
-- the Kafka connector jars come from ``stack.stack_dir/jars`` (``make setup`` puts them there;
-  ``env.add_jars`` is the way that reaches the Python gateway);
+- the Kafka connector jars and the project's own (``jobs/java``) come from ``stack.stack_dir/jars``
+  (``make setup`` puts them there; ``env.add_jars`` is the way that reaches the Python gateway);
 - Python workers run this interpreter (``python.executable``), else "No module named 'pyflink'";
 - ``python.fn-execution.bundle.time/size`` bound freshness: the 1 s default alone costs a second;
 - checkpoints every ``flink.checkpoint_interval_ms`` carry the source offsets, in files under
@@ -27,6 +27,8 @@ from pyflink.util.java_utils import load_java_class
 from conf.settings import PROJECT_ROOT, FlinkSettings, Settings
 
 CONNECTOR_JARS = ("flink-connector-kafka.jar", "kafka-clients.jar")
+PROJECT_JAR = "recs-flink.jar"      # jobs/java, built by `make setup` (recs/local/java_build.py)
+JARS = (*CONNECTOR_JARS, PROJECT_JAR)
 
 
 def restart_config(f: FlinkSettings) -> dict[str, str]:
@@ -78,10 +80,11 @@ def make_env(settings: Settings) -> StreamExecutionEnvironment:
     env.set_python_executable(sys.executable)
     env.set_parallelism(f.parallelism)
     jars = []
-    for name in CONNECTOR_JARS:
+    for name in JARS:
         path = settings.stack.stack_dir / "jars" / name
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `make setup` (it places the Kafka connector jars)")
+            raise FileNotFoundError(f"{path} is missing: run `make setup` (it places the Kafka connector jars "
+                                    f"and builds {PROJECT_JAR})")
         jars.append(path.resolve().as_uri())
     env.add_jars(*jars)
     if f.checkpoint_interval_ms > 0:

@@ -6,8 +6,8 @@
       ├─ canonical clicks (Click.to_json's form): read in Java, one match of the contract's regex
       └─ every other value: ParseClicks (the contract parser, row at a time) ──(bad)─────► clicks.dlq
            └─ valid clicks of both paths, event time = ts
-                ├─ per user: the last max_len + reorder_slack clicks        (Flink SQL OVER window:
-                │   ARRAY_AGG(item_id), ARRAY_AGG(ts) ROWS ... PRECEDING     RocksDB state, checkpointed, TTL)
+                ├─ per user: the last max_len + reorder_slack clicks        (LastNClicks, jobs/java: one keyed-
+                │   in arrival order                                        state value a user; RocksDB, TTL)
                 │   ══ rescale: the user tower in a task of its own (user_embeddings.tower_task) ══
                 │     └─ EmbedUsers | EmbedUsersAsync (user_embeddings.udf)
                 │          last-N by event time → item vectors (KV item:{id}, cached)
@@ -30,12 +30,15 @@ rewrite the same records: each user's record equals the one computed from the wh
 
 from __future__ import annotations
 
+from pyflink.datastream import DataStream
+from pyflink.java_gateway import get_gateway
 from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironment, Table
 from pyflink.table.udf import udf, udtf
 
 from conf import Settings, load_settings
 from jobs.flink_env import (
     create_kafka_table,
+    internal_stream,
     job_name,
     kafka_options,
     make_env,
@@ -170,6 +173,41 @@ def read_clicks(t_env: StreamTableEnvironment, settings: Settings, clicks_table:
         "SELECT dead FROM clicks_parsed WHERE dead IS NOT NULL"))
 
 
+WINDOWS = (Schema.new_builder().column("user_id", DataTypes.STRING())
+           .column("items", DataTypes.ARRAY(DataTypes.STRING()))
+           .column("tss", DataTypes.ARRAY(DataTypes.BIGINT())).build())
+
+
+def last_clicks(t_env: StreamTableEnvironment, settings: Settings) -> Table:
+    """(user_id, items, tss) once a valid click: the user's last ``max_len + reorder_slack`` clicks in
+    arrival order, the new one last, kept in Flink state (checkpointed, ``state_ttl_s``).
+
+    ``last_n_state = "keyed"``: ``LastNClicks`` (jobs/java), one keyed-state value a user (the clicks
+    as one byte array), read and written once a click. ``"over"``: the SQL OVER window, whose
+    ROWS-bounded operator keeps every row in a map state and the two ARRAY_AGG accumulators beside
+    it, several state accesses and two list (de)serializations a click. Same rows out; the CPU a
+    click differs (bench/results/stream.json ``ablations.last_n_state``)."""
+    ue = settings.user_embeddings
+    rows = settings.model.max_len + ue.reorder_slack
+    if ue.last_n_state == "keyed":
+        jvm = get_gateway().jvm
+        last_n = jvm.org.recstream.flink.LastNClicks
+        clicks = internal_stream(t_env, t_env.sql_query("SELECT user_id, item_id, ts FROM clicks_valid"))
+        j_windows = (clicks._j_data_stream.keyBy(last_n.byUser(), last_n.keyType())
+                     .process(last_n(rows, ue.state_ttl_s * 1000), last_n.outputType())
+                     .name("LastNClicks").uid("user-last-clicks"))
+        stream = DataStream(j_windows)
+        # the user tower in a task of its own: see below
+        return t_env.from_data_stream(stream.rescale() if ue.tower_task else stream, WINDOWS)
+    windows = t_env.sql_query(f"""
+        SELECT user_id, ARRAY_AGG(item_id) OVER w AS items, ARRAY_AGG(ts) OVER w AS tss
+        FROM clicks_valid
+        WINDOW w AS (PARTITION BY user_id ORDER BY pt ROWS BETWEEN {rows - 1} PRECEDING AND CURRENT ROW)""")
+    if ue.tower_task:   # chained, the window's thread would wait for every bundle Python runs (docs/streaming.md)
+        windows = through_data_stream(t_env, windows, WINDOWS, rescale=True)
+    return windows
+
+
 def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) -> Table:
     """Wire the job on a table of raw click values (column ``value`` BYTES, NULL for a null value).
     Returns the dead letters of every step as one STRING column (the KV writes happen inside the
@@ -177,16 +215,7 @@ def build(t_env: StreamTableEnvironment, settings: Settings, clicks_table: str) 
     ue = settings.user_embeddings
     read_clicks(t_env, settings, clicks_table)
 
-    window_rows = settings.model.max_len + ue.reorder_slack
-    windows = t_env.sql_query(f"""
-        SELECT user_id, ARRAY_AGG(item_id) OVER w AS items, ARRAY_AGG(ts) OVER w AS tss
-        FROM clicks_valid
-        WINDOW w AS (PARTITION BY user_id ORDER BY pt ROWS BETWEEN {window_rows - 1} PRECEDING AND CURRENT ROW)""")
-    if ue.tower_task:   # chained, the window's thread would wait for every bundle Python runs (docs/streaming.md)
-        schema = (Schema.new_builder().column("user_id", DataTypes.STRING())
-                  .column("items", DataTypes.ARRAY(DataTypes.STRING()))
-                  .column("tss", DataTypes.ARRAY(DataTypes.BIGINT())).build())
-        windows = through_data_stream(t_env, windows, schema, rescale=True)
+    windows = last_clicks(t_env, settings)
     t_env.create_temporary_view("user_windows", windows)
     if ue.udf == "async":
         embed = udf(EmbedUsersAsync(settings), result_type=DataTypes.STRING())

@@ -1,7 +1,8 @@
 """A user's last-N clicks from the window Flink keeps for them: plain Python, tested without Flink.
 
-The job's OVER window holds the user's most recent ``max_len + reorder_slack`` clicks in arrival
-order (``ARRAY_AGG(item_id)`` and ``ARRAY_AGG(ts)`` over the same rows). The model was trained on
+The job's state (``LastNClicks`` in jobs/java, or the SQL OVER window behind ``last_n_state = "over"``)
+holds the user's most recent ``max_len + reorder_slack`` clicks in arrival order, as two parallel
+arrays (item ids and event times). The model was trained on
 clicks in event-time order, ties in log order, every click a position (a repeated click on the same
 item is a repeated position: models/data.py keeps them), so here:
 

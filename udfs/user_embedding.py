@@ -1,6 +1,6 @@
 """The Python functions of the user-embedding job (jobs/user_embeddings.py), Table API UDFs.
 
-Flink keeps the state (the OVER window of each user's recent clicks, the trending counts); Python gets
+Flink keeps the state (each user's recent clicks, the trending counts); Python gets
 whole batches:
 
 - ``ParseClicks`` (table function, row at a time): a raw Kafka value that is not a canonical click
