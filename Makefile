@@ -94,10 +94,9 @@ bench-soak: setup ## steady mixed load against real Redis + index server + HTTP 
 	$(PY) bench/soak.py
 
 bench-stream: setup java $(JAR) ## Flink user-embedding job vs a plain Python consumer by rate, design ablation, freshness probe; item-index job listing -> searchable by rate -> bench/results/stream.json
-	$(PY) bench/stream.py --rounds 2 --rates 1000,2000,3000,4000,5000,6000,7000,8000 --warmup-s 5 --seconds 20
-	$(PY) bench/stream.py --rounds 2 --rates 5000,8000 --warmup-s 120 --seconds 30 --drain-s 60 --ablation held_150s
-	$(PY) bench/stream.py --systems flink --rounds 2 --rates 6000,7000 --warmup-s 120 --seconds 30 --drain-s 60 \
-		--ablation held_150s_edge
+	$(PY) bench/stream.py --rounds 2 --rates 2000,4000,8000,12000,14000,16000 --warmup-s 5 --seconds 20
+	$(PY) bench/stream.py --rounds 2 --rates 10000,12000 --warmup-s 120 --seconds 30 --drain-s 60 \
+		--ablation held_150s_keyed
 	$(PY) bench/stream.py --designs --systems flink-vectorized,flink-async,flink-datastream --rates 3000 \
 		--warmup-s 5 --seconds 20
 	$(PY) bench/freshness.py --rate 1000 --seconds 60 --probes 60
