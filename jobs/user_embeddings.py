@@ -197,7 +197,7 @@ def last_clicks(t_env: StreamTableEnvironment, settings: Settings) -> Table:
                      .process(last_n(rows, ue.state_ttl_s * 1000), last_n.outputType())
                      .name("LastNClicks").uid("user-last-clicks"))
         stream = DataStream(j_windows)
-        # the user tower in a task of its own: see below
+        # rescale: the user tower in a task of its own (tower_task), as for the OVER window below
         return t_env.from_data_stream(stream.rescale() if ue.tower_task else stream, WINDOWS)
     windows = t_env.sql_query(f"""
         SELECT user_id, ARRAY_AGG(item_id) OVER w AS items, ARRAY_AGG(ts) OVER w AS tss
